@@ -1,0 +1,6 @@
+//! shadowlab's VMM core: the shadow MMU (`mmu`), the backends that run guests on it, and the
+//! build's shadow-sync policy.
+
+pub mod policy;
+
+pub use policy::{BuildPolicy, BUILD_POLICY};
