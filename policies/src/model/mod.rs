@@ -48,6 +48,18 @@ impl WalkerModel {
     }
 }
 
+/// Which paths of the protocol the explored executions took: evidence that a `Correct` verdict
+/// is not vacuous (the race window was reached, both with and without the lock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// The walk loaded SPTE.W = 0, so the guest's store would fault (handled under the lock).
+    pub write_faulted: u64,
+    /// The walk loaded SPTE.W = 1 and the flush synced the root under the lock.
+    pub synced: u64,
+    /// The walk loaded SPTE.W = 1 and the lockless check skipped the sync.
+    pub skipped: u64,
+}
+
 /// What one model check found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -55,11 +67,15 @@ pub enum Verdict {
     Correct {
         /// Executions loom explored.
         executions: u64,
+        /// Paths taken.
+        coverage: Coverage,
     },
     /// At least one execution skipped a needed sync.
     Violation {
         /// Executions loom explored.
         executions: u64,
+        /// Paths taken.
+        coverage: Coverage,
         /// How many of them were violations.
         violating: u64,
         /// The first violating execution, one event per line, in the order loom ran them.
@@ -79,14 +95,23 @@ impl Verdict {
     /// Executions loom explored.
     pub fn executions(&self) -> u64 {
         match self {
-            Verdict::Correct { executions } | Verdict::Violation { executions, .. } => *executions,
+            Verdict::Correct { executions, .. } | Verdict::Violation { executions, .. } => {
+                *executions
+            }
+        }
+    }
+
+    /// Paths taken.
+    pub fn coverage(&self) -> Coverage {
+        match self {
+            Verdict::Correct { coverage, .. } | Verdict::Violation { coverage, .. } => *coverage,
         }
     }
 
     /// The matrix cell: `correct (N executions)` or `VIOLATION (k of N executions)`.
     pub fn cell(&self) -> String {
         match self {
-            Verdict::Correct { executions } => format!("correct ({executions} executions)"),
+            Verdict::Correct { executions, .. } => format!("correct ({executions} executions)"),
             Verdict::Violation {
                 executions,
                 violating,
@@ -175,7 +200,8 @@ pub fn verdict_matrix() -> Vec<Cell> {
     for policy in crate::ALL {
         for walker in WalkerModel::ALL {
             let start = Instant::now();
-            let verdict = check_by_name(policy.name, walker).expect("ALL lists only known policies");
+            let verdict =
+                check_by_name(policy.name, walker).expect("ALL lists only known policies");
             cells.push(Cell {
                 policy,
                 walker,

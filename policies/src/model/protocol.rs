@@ -8,7 +8,7 @@ use core::sync::atomic::Ordering;
 use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64};
 use loom::sync::{Arc, Mutex};
 
-use super::{Verdict, WalkerModel};
+use super::{Coverage, Verdict, WalkerModel};
 use crate::{unsync_under_lock, MemoryModel, SyncPolicy, UnsyncFlags};
 
 /// The gPTE value before and after the reader's guest write.
@@ -107,9 +107,9 @@ fn writer(vm: &Vm, trace: &Trace) {
 }
 
 /// vCPU 0: walks, writes its gPTE through the writable mapping, flushes, and runs
-/// `kvm_mmu_sync_roots()` with policy `P`. Returns whether the guest then runs on a stale
-/// translation.
-fn reader<P: SyncPolicy>(vm: &Vm, walker: WalkerModel, trace: &Trace) -> bool {
+/// `kvm_mmu_sync_roots()` with policy `P`. Returns the path taken and whether the guest then
+/// runs on a stale translation.
+fn reader<P: SyncPolicy>(vm: &Vm, walker: WalkerModel, trace: &Trace) -> (Path, bool) {
     let who = "vCPU0 (guest, then kvm_mmu_sync_roots)";
     let w = vm.spte_w.load(walker.ordering());
     trace.log(format!(
@@ -119,18 +119,26 @@ fn reader<P: SyncPolicy>(vm: &Vm, walker: WalkerModel, trace: &Trace) -> bool {
     ));
     if !w {
         // The guest's store faults and the VMM handles it under mmu_lock: not the race.
-        trace.log(format!("{who}: guest store faults (SPTE.W = 0), handled under mmu_lock"));
-        return false;
+        trace.log(format!(
+            "{who}: guest store faults (SPTE.W = 0), handled under mmu_lock"
+        ));
+        return (Path::WriteFaulted, false);
     }
     vm.gpte.store(NEW_GPTE, Ordering::Relaxed);
-    trace.log(format!("{who}: guest writes gPTE = {NEW_GPTE:#x} through the writable SPTE"));
-    trace.log(format!("{who}: guest flushes its TLB -> is_unsync_root({})", P::NAME));
+    trace.log(format!(
+        "{who}: guest writes gPTE = {NEW_GPTE:#x} through the writable SPTE"
+    ));
+    trace.log(format!(
+        "{who}: guest flushes its TLB -> is_unsync_root({})",
+        P::NAME
+    ));
 
     let seen = Seen {
         page: &vm.root,
         who,
         trace,
     };
+    let mut path = Path::Skipped;
     if P::is_unsync_root(&LoomMemory { who, trace }, &seen) {
         let _guard = vm.mmu_lock.lock().unwrap();
         trace.log(format!("{who}: write_lock(mmu_lock)"));
@@ -142,11 +150,14 @@ fn reader<P: SyncPolicy>(vm: &Vm, walker: WalkerModel, trace: &Trace) -> bool {
             vm.leaf.unsync.store(false, Ordering::Relaxed);
             vm.root.unsync_children.fetch_sub(1, Ordering::Relaxed);
             vm.spte_w.store(false, Ordering::Relaxed);
+            path = Path::Synced;
             trace.log(format!("{who}: mmu_sync_children: shadow PTE = {g:#x}"));
         }
         trace.log(format!("{who}: write_unlock(mmu_lock)"));
     } else {
-        trace.log(format!("{who}: is_unsync_root -> false: sync SKIPPED, no lock taken"));
+        trace.log(format!(
+            "{who}: is_unsync_root -> false: sync SKIPPED, no lock taken"
+        ));
     }
     let used = vm.shadow_pte.load(Ordering::Relaxed);
     let stale = used != NEW_GPTE;
@@ -158,20 +169,33 @@ fn reader<P: SyncPolicy>(vm: &Vm, walker: WalkerModel, trace: &Trace) -> bool {
             ""
         }
     ));
-    stale
+    (path, stale)
+}
+
+/// The path one execution of the reader took.
+enum Path {
+    WriteFaulted,
+    Synced,
+    Skipped,
 }
 
 /// Explores the protocol under loom with policy `P`.
 pub(super) fn explore<P: SyncPolicy>(walker: WalkerModel) -> Verdict {
     let executions = StdArc::new(StdAtomicU64::new(0));
     let violating = StdArc::new(StdAtomicU64::new(0));
+    let coverage: StdArc<StdMutex<Coverage>> = StdArc::default();
     let first: StdArc<StdMutex<Option<Vec<String>>>> = StdArc::default();
 
     let mut builder = loom::model::Builder::new();
     // Exhaustive: the model has two threads and a dozen operations.
     builder.preemption_bound = None;
     {
-        let (executions, violating, first) = (executions.clone(), violating.clone(), first.clone());
+        let (executions, violating, first, coverage) = (
+            executions.clone(),
+            violating.clone(),
+            first.clone(),
+            coverage.clone(),
+        );
         builder.check(move || {
             executions.fetch_add(1, StdOrdering::Relaxed);
             let trace = Trace::default();
@@ -195,8 +219,16 @@ pub(super) fn explore<P: SyncPolicy>(walker: WalkerModel) -> Verdict {
                 let (vm, trace) = (vm.clone(), trace.clone());
                 loom::thread::spawn(move || writer(&vm, &trace))
             };
-            let stale = reader::<P>(&vm, walker, &trace);
+            let (path, stale) = reader::<P>(&vm, walker, &trace);
             writer_thread.join().unwrap();
+            {
+                let mut c = coverage.lock().unwrap_or_else(|e| e.into_inner());
+                match path {
+                    Path::WriteFaulted => c.write_faulted += 1,
+                    Path::Synced => c.synced += 1,
+                    Path::Skipped => c.skipped += 1,
+                }
+            }
             if stale {
                 violating.fetch_add(1, StdOrdering::Relaxed);
                 let mut first = first.lock().unwrap_or_else(|e| e.into_inner());
@@ -209,11 +241,16 @@ pub(super) fn explore<P: SyncPolicy>(walker: WalkerModel) -> Verdict {
 
     let executions = executions.load(StdOrdering::Relaxed);
     let violating = violating.load(StdOrdering::Relaxed);
+    let coverage = *coverage.lock().unwrap_or_else(|e| e.into_inner());
     let first = first.lock().unwrap_or_else(|e| e.into_inner()).take();
     match first {
-        None => Verdict::Correct { executions },
+        None => Verdict::Correct {
+            executions,
+            coverage,
+        },
         Some(interleaving) => Verdict::Violation {
             executions,
+            coverage,
             violating,
             interleaving,
         },
