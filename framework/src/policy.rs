@@ -42,20 +42,110 @@ exclusive_policies!(
 );
 
 /// The policy this build was compiled with.
-#[cfg(feature = "policy-acquire-load")]
+#[cfg(all(
+    feature = "policy-acquire-load",
+    not(any(
+        feature = "policy-rmb-fence",
+        feature = "policy-always-lock",
+        feature = "policy-seqcst-fence",
+        feature = "policy-no-barrier"
+    ))
+))]
 pub type BuildPolicy = shadowlab_policies::AcquireLoad;
 /// The policy this build was compiled with.
-#[cfg(feature = "policy-rmb-fence")]
+#[cfg(all(
+    feature = "policy-rmb-fence",
+    not(any(
+        feature = "policy-acquire-load",
+        feature = "policy-always-lock",
+        feature = "policy-seqcst-fence",
+        feature = "policy-no-barrier"
+    ))
+))]
 pub type BuildPolicy = shadowlab_policies::RmbFence;
 /// The policy this build was compiled with.
-#[cfg(feature = "policy-always-lock")]
+#[cfg(all(
+    feature = "policy-always-lock",
+    not(any(
+        feature = "policy-acquire-load",
+        feature = "policy-rmb-fence",
+        feature = "policy-seqcst-fence",
+        feature = "policy-no-barrier"
+    ))
+))]
 pub type BuildPolicy = shadowlab_policies::AlwaysLock;
 /// The policy this build was compiled with.
-#[cfg(feature = "policy-seqcst-fence")]
+#[cfg(all(
+    feature = "policy-seqcst-fence",
+    not(any(
+        feature = "policy-acquire-load",
+        feature = "policy-rmb-fence",
+        feature = "policy-always-lock",
+        feature = "policy-no-barrier"
+    ))
+))]
 pub type BuildPolicy = shadowlab_policies::SeqCstFence;
 /// The policy this build was compiled with.
-#[cfg(feature = "policy-no-barrier")]
+#[cfg(all(
+    feature = "policy-no-barrier",
+    not(any(
+        feature = "policy-acquire-load",
+        feature = "policy-rmb-fence",
+        feature = "policy-always-lock",
+        feature = "policy-seqcst-fence"
+    ))
+))]
 pub type BuildPolicy = shadowlab_policies::NoBarrier;
+/// Any other feature combination has already stopped the build with the `compile_error!` above;
+/// this alias only keeps rustc from piling cascading errors on top of that one message.
+#[cfg(not(any(
+    all(
+        feature = "policy-acquire-load",
+        not(any(
+            feature = "policy-rmb-fence",
+            feature = "policy-always-lock",
+            feature = "policy-seqcst-fence",
+            feature = "policy-no-barrier"
+        ))
+    ),
+    all(
+        feature = "policy-rmb-fence",
+        not(any(
+            feature = "policy-acquire-load",
+            feature = "policy-always-lock",
+            feature = "policy-seqcst-fence",
+            feature = "policy-no-barrier"
+        ))
+    ),
+    all(
+        feature = "policy-always-lock",
+        not(any(
+            feature = "policy-acquire-load",
+            feature = "policy-rmb-fence",
+            feature = "policy-seqcst-fence",
+            feature = "policy-no-barrier"
+        ))
+    ),
+    all(
+        feature = "policy-seqcst-fence",
+        not(any(
+            feature = "policy-acquire-load",
+            feature = "policy-rmb-fence",
+            feature = "policy-always-lock",
+            feature = "policy-no-barrier"
+        ))
+    ),
+    all(
+        feature = "policy-no-barrier",
+        not(any(
+            feature = "policy-acquire-load",
+            feature = "policy-rmb-fence",
+            feature = "policy-always-lock",
+            feature = "policy-seqcst-fence"
+        ))
+    )
+)))]
+pub type BuildPolicy = shadowlab_policies::RmbFence;
 
 /// Run-time description of [`BuildPolicy`], for `--version` and results.
 pub const BUILD_POLICY: shadowlab_policies::PolicyInfo =
