@@ -25,9 +25,9 @@ pub fn run(args: &VerifyArgs) -> ExitCode {
     let wrong: Vec<&Cell> = cells.iter().filter(|c| !c.as_expected()).collect();
     let _ = writeln!(
         out,
-        "\nmodel-checked {} cells with loom in {:.2} s; {}",
+        "\nmodel-checked {} cells with loom in {:.1} ms; {}",
         cells.len(),
-        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e3,
         if wrong.is_empty() {
             "every verdict is the expected one".to_string()
         } else {
