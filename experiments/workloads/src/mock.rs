@@ -31,7 +31,7 @@ use crate::workloads::{Run, Workload};
 pub enum TlbMode {
     /// No TLB: a perfect CPU.
     None,
-    /// A TLB that honours INVLPG, flushes and CR3 loads.
+    /// A TLB that honours INVLPG, flushes and CR3 loads, and fills aggressively.
     Real,
     /// Broken: ignores INVLPG and flushes (still flushes on CR3 load).
     IgnoreInvalidation,
@@ -201,6 +201,22 @@ impl MockCpu<'_> {
             self.id
         );
         if self.mode != TlbMode::None {
+            // Fill aggressively, as x86 is allowed to (translations may be cached
+            // speculatively): every present entry of this leaf table, not just the one used. A
+            // workload that relies on "I have not touched that page since the last flush"
+            // instead of invalidating after a PTE change reads stale data here.
+            let upper_w = t.entries[..3].iter().all(|e| e & pte::W != 0);
+            for k in 0..PT_ENTRIES as u64 {
+                let e = self
+                    .m
+                    .word(t.tables[3] + 8 * k)
+                    .map_or(0, |w| w.load(Ordering::Acquire));
+                let frame = e & pte::ADDR_MASK;
+                if e & pte::P != 0 && self.m.word(frame).is_some() {
+                    self.tlb
+                        .insert((vpn & !511) | k, (frame, upper_w && e & pte::W != 0));
+                }
+            }
             self.tlb.insert(vpn, (t.frame(), t.writable));
         }
         self.m.word(t.gpa).expect("walk returned a gpa outside RAM")
