@@ -27,8 +27,13 @@ pub mod tlb;
 pub mod walk;
 pub mod workloads;
 
+// Host-side tests only: the mock machine and the property tests use std (threads, Vec).
+#[cfg(test)]
+extern crate std;
 #[cfg(test)]
 mod mock;
+#[cfg(test)]
+mod paging_props;
 
 pub use cpu::{CheckFailed, Cpu};
 pub use error::{PtError, WorkloadError};
