@@ -85,7 +85,7 @@ impl Barrier {
         spin_until_at_least(
             cpu,
             self.gva,
-            self.generation * n,
+            self.generation.saturating_mul(n),
             "the other vCPUs at a barrier",
         )?;
         Ok(())

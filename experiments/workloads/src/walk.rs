@@ -187,17 +187,26 @@ pub fn walk<M: PhysRead + ?Sized>(
 }
 
 /// Guest-side [`PhysRead`]: reads guest-physical memory through the direct map with
-/// [`Cpu::read_u64`]. It cannot know the size of guest RAM, so it treats every gpa as RAM; an
-/// out-of-RAM gpa faults in the guest instead (the guest only walks tables it built).
+/// [`Cpu::read_u64`]. It cannot know the size of guest RAM, so it treats every gpa the direct
+/// map can reach as RAM; an out-of-RAM gpa faults in the guest instead (the guest only walks
+/// tables it built).
 pub struct CpuPhys<'a, C: Cpu>(pub &'a mut C);
+
+/// Bytes of guest-physical space the direct map (one PML4 slot) can reach.
+const DIRECT_MAP_SPAN: u64 = 1 << 39;
 
 impl<C: Cpu> PhysRead for CpuPhys<'_, C> {
     fn read_phys(&mut self, gpa: u64) -> Option<u64> {
+        // Entries hold at most 52-bit addresses, beyond the direct map's reach: refuse rather
+        // than wrap into the monitor's slot or overflow.
+        if gpa >= DIRECT_MAP_SPAN {
+            return None;
+        }
         Some(self.0.read_u64(direct_map(gpa)))
     }
 
-    fn is_ram(&mut self, _gpa: u64) -> bool {
-        true
+    fn is_ram(&mut self, gpa: u64) -> bool {
+        gpa < DIRECT_MAP_SPAN
     }
 }
 
@@ -289,6 +298,21 @@ mod tests {
         m.set(0x4000 + 8 * pt_index(GVA, 1) as u64, 0x100_0000 | pte::P);
         let e = walk(&mut m, 0x1000, GVA).unwrap_err();
         assert_eq!((e.level, e.kind), (1, FaultKind::Reserved));
+    }
+
+    #[test]
+    fn guest_side_reader_refuses_gpas_beyond_the_direct_map() {
+        let m = crate::mock::Machine::new(4, 1);
+        let mut cpu = m.cpu(0);
+        let root = cpu.boot_root();
+        let mut phys = CpuPhys(&mut cpu);
+        assert_eq!(
+            phys.read_phys(root + 8 * 256).map(|e| e & pte::P),
+            Some(pte::P)
+        );
+        assert_eq!(phys.read_phys(DIRECT_MAP_SPAN), None);
+        assert_eq!(phys.read_phys(pte::ADDR_MASK), None);
+        assert!(!phys.is_ram(DIRECT_MAP_SPAN));
     }
 
     #[test]

@@ -181,7 +181,12 @@ impl UnsyncRace {
                 )?;
             }
             if nr > 1 {
-                spin_until_at_least(cpu, done, round * (nr - 1), "the writer vCPUs' PTE batches")?;
+                spin_until_at_least(
+                    cpu,
+                    done,
+                    round.saturating_mul(nr - 1),
+                    "the writer vCPUs' PTE batches",
+                )?;
                 cpu.flush_tlb();
                 for s in n..nr * n {
                     let f = read_entry(cpu, table + 8 * s) & pte::ADDR_MASK;
