@@ -42,6 +42,21 @@ pub struct Report {
     pub latency: Histogram,
 }
 
+impl Report {
+    /// Adds `other`'s counts and latency samples to this one (e.g. to sum a run's vCPUs; `vcpu`
+    /// keeps this report's value).
+    pub fn merge(&mut self, other: &Report) {
+        self.ops += other.ops;
+        self.checks += other.checks;
+        self.pte_writes += other.pte_writes;
+        self.cr3_loads += other.cr3_loads;
+        self.invlpgs += other.invlpgs;
+        self.tlb_flushes += other.tlb_flushes;
+        self.hypercalls += other.hypercalls;
+        self.latency.merge(&other.latency);
+    }
+}
+
 /// Forwards to a [`Cpu`] and counts the MMU operations and hypercalls (compiled to a counter
 /// increment beside each call).
 pub struct Counted<'a, C: Cpu> {

@@ -50,6 +50,10 @@ impl Run for Cr3Switch {
         self.params
     }
 
+    fn expected_ops(&self) -> u64 {
+        self.params.iters
+    }
+
     fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
         let p = self.params;
         require(

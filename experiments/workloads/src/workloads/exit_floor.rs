@@ -37,6 +37,10 @@ impl Run for ExitFloor {
         self.params
     }
 
+    fn expected_ops(&self) -> u64 {
+        self.params.iters
+    }
+
     fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
         let p = self.params;
         let mut cpu = Counted::new(cpu);

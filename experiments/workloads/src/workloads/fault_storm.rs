@@ -48,6 +48,10 @@ impl Run for FaultStorm {
         self.params
     }
 
+    fn expected_ops(&self) -> u64 {
+        self.params.iters.saturating_mul(self.params.size)
+    }
+
     fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
         let p = self.params;
         require(

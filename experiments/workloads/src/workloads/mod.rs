@@ -39,6 +39,8 @@ pub trait Run {
     fn name(&self) -> &'static str;
     /// Its parameters.
     fn params(&self) -> Params;
+    /// The `ops` a successful run reports on each vCPU, as the parameters imply.
+    fn expected_ops(&self) -> u64;
     /// Runs it on one vCPU; every vCPU of the run calls this. Leaves the vCPU on its boot root.
     fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError>;
 }
@@ -98,6 +100,12 @@ impl Workload {
     /// This workload's default parameters.
     pub fn default_params(&self) -> Params {
         Self::from_name(self.name()).map_or(self.params(), |w| w.params())
+    }
+
+    /// Whether the vCPUs of a run cooperate (`unsync-race`: run it on 2+ vCPUs to get the race;
+    /// on one it degrades, see [`UnsyncRace`]). The others run independently on each vCPU.
+    pub fn multi_vcpu(&self) -> bool {
+        matches!(self, Workload::UnsyncRace(_))
     }
 
     /// The same workload with other parameters.

@@ -52,6 +52,10 @@ impl Run for PtChurn {
         self.params
     }
 
+    fn expected_ops(&self) -> u64 {
+        self.params.iters
+    }
+
     fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
         let p = self.params;
         require(

@@ -22,13 +22,19 @@ fn workload(name: &str, iters: u64, size: u64) -> Workload {
 }
 
 /// Runs `w` on a fresh machine and returns every vCPU's report, failing on any error.
+/// Every report's `ops` is checked against [`Run::expected_ops`].
 fn run_ok(w: Workload, vcpus: usize, mode: TlbMode) -> Vec<Report> {
     let m = Machine::new(64, vcpus);
-    m.run(w, mode)
+    let reports: Vec<Report> = m
+        .run(w, mode)
         .into_iter()
         .enumerate()
         .map(|(id, r)| r.unwrap_or_else(|e| panic!("{} vCPU {id} ({mode:?}): {e}", w.name())))
-        .collect()
+        .collect();
+    for (id, r) in reports.iter().enumerate() {
+        assert_eq!((r.vcpu, r.ops), (id, w.expected_ops()), "{}", w.name());
+    }
+    reports
 }
 
 /// Runs `w` and returns the first self-check failure.
@@ -209,6 +215,26 @@ fn exit_floor() {
         );
     }
     assert_eq!(m.hypercalls(), 2000);
+}
+
+#[test]
+fn every_workload_on_two_vcpus_and_merged_report() {
+    for w in Workload::ALL {
+        let p = w.params();
+        let w = w.with_params(Params {
+            iters: p.iters.min(20),
+            ..p
+        });
+        let reports = run_ok(w, 2, TlbMode::Real);
+        let mut total = reports[0];
+        total.merge(&reports[1]);
+        assert_eq!(total.ops, 2 * w.expected_ops(), "{}", w.name());
+        assert_eq!(
+            total.latency.count,
+            reports[0].latency.count + reports[1].latency.count
+        );
+        assert_eq!(w.multi_vcpu(), w.name() == "unsync-race");
+    }
 }
 
 #[test]

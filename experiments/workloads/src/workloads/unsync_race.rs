@@ -71,6 +71,10 @@ impl Run for UnsyncRace {
         self.params
     }
 
+    fn expected_ops(&self) -> u64 {
+        self.params.iters
+    }
+
     fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
         let p = self.params;
         let nr = cpu.nr_vcpus() as u64;
