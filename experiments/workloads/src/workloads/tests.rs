@@ -344,3 +344,11 @@ fn stale_tlb_fails_fault_storm_and_mmap_churn() {
     );
     assert!(c.what.starts_with("mmap-churn"), "{c:?}");
 }
+
+#[test]
+fn unsync_race_stress_oversubscribed() {
+    // More vCPU threads than this machine's 2 cores: the barrier and the DONE hand-off under
+    // preemption, over many rounds.
+    let reports = run_ok(workload("unsync-race", 20_000, 8), 4, TlbMode::Real);
+    assert_eq!(reports[0].checks, 2 * 8 * (1 + 20_000) + 2 * 8 * 3 * 20_000);
+}
