@@ -215,6 +215,18 @@ fn exit_floor() {
         );
     }
     assert_eq!(m.hypercalls(), 2000);
+
+    // One latency sample per 64 hypercalls, the last batch partial.
+    let m = Machine::new(4, 1);
+    let r = m
+        .run(workload("exit-floor", 1000, 64), TlbMode::None)
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.ops, r.hypercalls, r.latency.count),
+        (1000, 1000, 1000_u64.div_ceil(64))
+    );
 }
 
 #[test]
