@@ -53,7 +53,10 @@ fn no_policy_feature_is_a_compile_error_naming_the_features() {
     ] {
         assert!(stderr.contains(f), "error does not name {f}: {stderr}");
     }
-    assert!(!stderr.contains("error[E"), "cascading rustc errors: {stderr}");
+    assert!(
+        !stderr.contains("error[E"),
+        "cascading rustc errors: {stderr}"
+    );
 }
 
 #[test]
@@ -67,7 +70,10 @@ fn two_policy_features_are_a_compile_error_naming_both() {
             && stderr.contains("policy-rmb-fence"),
         "{stderr}"
     );
-    assert!(!stderr.contains("error[E"), "cascading rustc errors: {stderr}");
+    assert!(
+        !stderr.contains("error[E"),
+        "cascading rustc errors: {stderr}"
+    );
 }
 
 #[test]
