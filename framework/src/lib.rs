@@ -2,6 +2,7 @@
 //! guests on it (`sim`), and the build's shadow-sync policy.
 
 pub mod mem;
+pub mod mmu;
 pub mod policy;
 pub mod rng;
 

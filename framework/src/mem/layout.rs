@@ -8,7 +8,8 @@
 //! ```text
 //! mfn 0 .. ram_frames                 guest RAM backing frames (a permutation of the gfns)
 //! mfn pool_base .. +pool_frames       the shadow pool: shadow page tables (not guest RAM)
-//! mfn monitor                         one VMM-owned monitor page (GDT/IDT/TSS/stubs on kvm)
+//! mfn monitor .. +MONITOR_FRAMES      the VMM-owned monitor area (on kvm: GDT/IDT/TSS/stubs
+//!                                     and the page tables that map them at slot 511)
 //! ```
 //!
 //! The gfn → mfn map is a seeded permutation by default, so a guest (or a backend bug) that
@@ -22,6 +23,10 @@ use super::region::{MemError, MemRegion, PAGE_SIZE};
 use crate::rng::SplitMix64;
 
 const PAGE: u64 = PAGE_SIZE as u64;
+
+/// Frames reserved for the VMM's monitor after the pool: one page of GDT/IDT/TSS/stubs needs
+/// three more for the PDPT/PD/PT that map it at PML4 slot 511; the rest is spare.
+pub const MONITOR_FRAMES: u64 = 8;
 
 /// How guest frames map to backing frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +74,7 @@ impl GuestMemory {
         let ram_frames = cfg.ram_bytes / PAGE;
         let total = ram_frames
             .checked_add(cfg.pool_pages)
-            .and_then(|f| f.checked_add(1))
+            .and_then(|f| f.checked_add(MONITOR_FRAMES))
             .and_then(|f| f.checked_mul(PAGE))
             .filter(|&b| b <= isize::MAX as u64)
             .ok_or(MemError::BadSize(usize::MAX))?;
@@ -132,9 +137,15 @@ impl GuestMemory {
         (idx < self.pool_frames).then_some(idx as u32)
     }
 
-    /// Machine-physical address of the monitor page.
+    /// Machine-physical address of the first monitor frame.
     pub fn monitor_mpa(&self) -> u64 {
         (self.ram_frames + self.pool_frames) * PAGE
+    }
+
+    /// Whether `mpa` lies in the monitor area.
+    pub fn is_monitor_mpa(&self, mpa: u64) -> bool {
+        mpa.checked_sub(self.monitor_mpa())
+            .is_some_and(|off| off < MONITOR_FRAMES * PAGE)
     }
 
     /// The backing frame of guest frame `gfn`, or `None` outside guest RAM (this includes
@@ -257,7 +268,9 @@ mod tests {
         assert_eq!(m.ram_frames(), 64);
         assert_eq!(m.pool_base(), 64 * PAGE);
         assert_eq!(m.monitor_mpa(), 72 * PAGE);
-        assert_eq!(m.region().len() as u64, 73 * PAGE);
+        assert_eq!(m.region().len() as u64, (72 + MONITOR_FRAMES) * PAGE);
+        assert!(m.is_monitor_mpa(m.monitor_mpa() + 8));
+        assert!(!m.is_monitor_mpa(m.monitor_mpa() - 8));
         assert_eq!(m.pool_index(m.pool_page_mpa(3) + 17), Some(3));
         assert_eq!(m.pool_index(m.monitor_mpa()), None);
         assert_eq!(m.pool_index(0), None);

@@ -1,0 +1,240 @@
+//! The reader side: `kvm_mmu_sync_roots` (with the policy's lockless `is_unsync_root`),
+//! `mmu_sync_children`, `kvm_sync_page` / `FNAME(sync_spte)`, and INVLPG.
+
+use std::sync::atomic::Ordering;
+
+use shadowlab_policies::{unsync_under_lock, HostMemory, SyncPolicy};
+use shadowlab_workloads::layout::{self, pte};
+
+use super::page::{MmuState, SpIdx, SpteRef};
+use super::spte::{
+    gpte_access, is_present, make_leaf_spte, needs_flush, ACC_WRITE, GPTE_RSVD_ADDR, SPTE_A, SPTE_D,
+};
+use super::stats::{Counter, CounterBlock};
+use super::vcpu::VcpuMmu;
+use super::walk::is_canonical;
+use super::zap::ZapList;
+use super::Mmu;
+
+impl<P: SyncPolicy> Mmu<P> {
+    /// KVM's `kvm_mmu_sync_roots`: bring the current root's unsync pages up to date with the
+    /// guest's tables, on a guest CR3 load or TLB flush.
+    ///
+    /// First, **without the lock**, `P::is_unsync_root(&HostMemory, root)`: the check whose
+    /// barrier the policies differ in. `false` returns at once (the fast path every CR3 switch
+    /// without page-table writes takes). Otherwise take the write lock, re-check with
+    /// `unsync_under_lock` (the lock orders it), and run `mmu_sync_children`. As in KVM only
+    /// the current root is synced; a cached root is synced when it is switched to (the CR3
+    /// load that selects it calls this).
+    pub fn kvm_mmu_sync_roots(&self, v: &VcpuMmu) {
+        let c = self.counters(v.id);
+        c.inc(Counter::sync_roots);
+        let Some(root) = v.root else {
+            return;
+        };
+        let sp = self.sp(root);
+        if !P::is_unsync_root(&HostMemory, sp) {
+            c.inc(Counter::sync_roots_lockless_skips);
+            return;
+        }
+        let mut st = self.state.write();
+        if sp.is_invalid() || !unsync_under_lock(sp) {
+            return;
+        }
+        self.mmu_sync_children(&mut st, c, root);
+    }
+
+    /// The guest flushed its TLB (a CR3 reload of the current root, or a paravirtual flush):
+    /// KVM's `kvm_vcpu_flush_tlb_guest`, which is `kvm_mmu_sync_roots` plus the hardware TLB
+    /// flush the backend does itself.
+    pub fn kvm_mmu_flush_tlb_guest(&self, v: &VcpuMmu) {
+        self.kvm_mmu_sync_roots(v)
+    }
+
+    /// KVM's `mmu_sync_children`: finds every unsync page below `root` through the
+    /// `unsync_child_bitmap`s (`mmu_unsync_walk`), write-protects their gfns and flushes remote
+    /// TLBs (so no vCPU keeps writing the guest tables while they are re-read), clears
+    /// `unsync` and re-reads each page (`kvm_sync_page`), then clears the bitmap bits that no
+    /// longer lead anywhere (`mmu_pages_clear_parents`). Write lock held.
+    fn mmu_sync_children(&self, st: &mut MmuState, c: &CounterBlock, root: SpIdx) {
+        c.inc(Counter::syncs);
+        let mut pages: Vec<SpIdx> = Vec::new();
+        self.mmu_unsync_walk(root, &mut pages, 4);
+        pages.sort_unstable();
+        pages.dedup();
+        let mut protected = false;
+        for &sp in &pages {
+            protected |= self.rmap_write_protect(st, c, self.sp(sp).gfn());
+        }
+        if protected {
+            self.kvm_flush_remote_tlbs(c);
+        }
+        let mut zap = ZapList::default();
+        for &sp in &pages {
+            self.kvm_unlink_unsync_page(sp);
+            zap.flush |= self.kvm_sync_page(st, c, sp);
+        }
+        self.clear_synced_bits(root, 4);
+        self.commit_zap(st, c, zap);
+    }
+
+    /// KVM's `__mmu_unsync_walk`: collects the unsync leaf pages reachable from `sp` through
+    /// set bitmap bits; clears bits whose entry is gone or whose child has nothing unsync.
+    fn mmu_unsync_walk(&self, sp: SpIdx, out: &mut Vec<SpIdx>, depth: u32) {
+        let p = self.sp(sp);
+        for index in p.unsync_child_indices() {
+            let spte = self.load_spte(SpteRef { sp, index });
+            let child = match self.sp_of_spte(spte) {
+                Some(ch) if is_present(spte) && depth > 1 => ch,
+                _ => {
+                    p.clear_unsync_child_bit(index);
+                    continue;
+                }
+            };
+            let ch = self.sp(child);
+            if ch.unsync_children.load(Ordering::Relaxed) != 0 {
+                self.mmu_unsync_walk(child, out, depth - 1);
+            } else if ch.unsync.load(Ordering::Relaxed) {
+                out.push(child);
+            } else {
+                p.clear_unsync_child_bit(index);
+            }
+        }
+    }
+
+    /// After a sync: clears every bit below `sp` whose child is now clean.
+    fn clear_synced_bits(&self, sp: SpIdx, depth: u32) {
+        let p = self.sp(sp);
+        for index in p.unsync_child_indices() {
+            let spte = self.load_spte(SpteRef { sp, index });
+            let Some(child) = self
+                .sp_of_spte(spte)
+                .filter(|_| is_present(spte) && depth > 1)
+            else {
+                p.clear_unsync_child_bit(index);
+                continue;
+            };
+            let ch = self.sp(child);
+            if ch.unsync_children.load(Ordering::Relaxed) != 0 {
+                self.clear_synced_bits(child, depth - 1);
+            }
+            if ch.unsync_children.load(Ordering::Relaxed) == 0 && !ch.unsync.load(Ordering::Relaxed)
+            {
+                p.clear_unsync_child_bit(index);
+            }
+        }
+    }
+
+    /// KVM's `kvm_sync_page`: re-reads every present SPTE of leaf page `sp` from the guest
+    /// table (`FNAME(sync_spte)` for each). Returns whether a remote flush is needed.
+    pub(super) fn kvm_sync_page(&self, st: &mut MmuState, c: &CounterBlock, sp: SpIdx) -> bool {
+        c.inc(Counter::pages_synced);
+        let mut flush = false;
+        for index in 0..512u16 {
+            flush |= self.sync_spte(st, c, SpteRef { sp, index });
+        }
+        flush
+    }
+
+    /// KVM's `FNAME(sync_spte)`: brings one leaf SPTE in line with its guest PTE. An invalid
+    /// guest PTE (not present, reserved bits, frame outside RAM: `prefetch_invalid_gpte`) or
+    /// one that now maps another frame zaps the SPTE (the next access faults and walks);
+    /// otherwise the permissions are recomputed, with W only if the frame is not a shadowed
+    /// page table (`can_unsync = false`) and the guest PTE is dirty. Returns whether the change
+    /// needs a remote flush.
+    fn sync_spte(&self, st: &mut MmuState, c: &CounterBlock, r: SpteRef) -> bool {
+        let old = self.load_spte(r);
+        if !is_present(old) {
+            return false;
+        }
+        let p = self.sp(r.sp);
+        let gpte_gpa = (p.gfn() << 12) + r.index as u64 * 8;
+        let gpte = self
+            .mem
+            .read_gpa_u64(gpte_gpa, Ordering::Acquire)
+            .unwrap_or(0);
+        let gfn = (gpte & pte::ADDR_MASK) >> 12;
+        let mfn = self.mem.gfn_to_mfn(gfn);
+        let valid = gpte & pte::P != 0 && gpte & GPTE_RSVD_ADDR == 0 && mfn.is_some();
+        let (Some(mfn), true) = (mfn, valid) else {
+            self.drop_leaf_spte(st, r);
+            return true;
+        };
+        if self.leaf_gfn(old) != Some(gfn) {
+            self.drop_leaf_spte(st, r);
+            return true;
+        }
+        let pte_access = p.role().access & gpte_access(gpte);
+        let writable = pte_access & ACC_WRITE != 0
+            && gpte & pte::D != 0
+            && self.mmu_try_to_unsync_pages(st, c, gfn, false);
+        let new = make_leaf_spte(mfn, pte_access, writable) | (old & (SPTE_A | SPTE_D));
+        if new == old {
+            return false;
+        }
+        self.store_spte(r, new);
+        needs_flush(old, new)
+    }
+
+    /// The leaf SPTE on `root`'s path for `gva`, if the path reaches a leaf page.
+    fn leaf_spte_on_path(&self, root: SpIdx, gva: u64) -> Option<SpteRef> {
+        let mut sp = root;
+        for level in (2..=4u32).rev() {
+            let spte = self.load_spte(SpteRef {
+                sp,
+                index: layout::pt_index(gva, level) as u16,
+            });
+            if !is_present(spte) {
+                return None;
+            }
+            sp = self.sp_of_spte(spte)?;
+        }
+        Some(SpteRef {
+            sp,
+            index: layout::pt_index(gva, 1) as u16,
+        })
+    }
+
+    /// KVM's `kvm_mmu_invlpg` (`__kvm_mmu_invalidate_addr`): the guest invalidated `gva`, so
+    /// if the leaf shadow page mapping it in the current or a cached root is unsync, re-read
+    /// that one SPTE (the page stays unsync: other entries may still be stale). The backend
+    /// also drops `gva` from its own TLB.
+    ///
+    /// Differs from KVM: a read-locked pre-check finds whether any root's path has an unsync
+    /// leaf, so the common INVLPG of a synced mapping never takes the write lock (KVM takes
+    /// it unconditionally).
+    pub fn kvm_mmu_invlpg(&self, v: &VcpuMmu, gva: u64) {
+        let c = self.counters(v.id);
+        c.inc(Counter::invlpgs);
+        if !is_canonical(gva) || layout::pt_index(gva, 4) == layout::MONITOR_SLOT {
+            return;
+        }
+        let roots: smallvec::SmallVec<[SpIdx; 4]> = v
+            .root
+            .into_iter()
+            .chain(v.prev_roots.iter().flatten().map(|r| r.sp))
+            .collect();
+        let unsync_leaf = |this: &Self, root: SpIdx| {
+            this.leaf_spte_on_path(root, gva)
+                .filter(|r| this.sp(r.sp).unsync.load(Ordering::Relaxed))
+        };
+        {
+            let _g = self.state.read();
+            if !roots.iter().any(|&r| unsync_leaf(self, r).is_some()) {
+                return;
+            }
+        }
+        let mut st = self.state.write();
+        let mut zap = ZapList::default();
+        for &root in &roots {
+            if self.sp(root).is_invalid() {
+                continue;
+            }
+            if let Some(r) = unsync_leaf(self, root) {
+                c.inc(Counter::sptes_synced);
+                zap.flush |= self.sync_spte(&mut st, c, r);
+            }
+        }
+        self.commit_zap(&mut st, c, zap);
+    }
+}
