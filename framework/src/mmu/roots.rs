@@ -198,3 +198,139 @@ impl<P: SyncPolicy> Mmu<P> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mmu::testutil::{Rig, GVA};
+    use crate::mmu::{Access, FaultOutcome, MmuError, KVM_REQ_MMU_RELOAD, KVM_REQ_TLB_FLUSH};
+
+    #[test]
+    fn cached_roots_switch_without_the_lock() {
+        let mut r = Rig::new(1);
+        let d = r.g.frame();
+        let b = r.g.frame();
+        r.g.map(b, GVA, d, pte::P | pte::D);
+        let mut v = r.vcpu(0);
+        let hpa_a = v.root_hpa().unwrap();
+        r.mmu.kvm_mmu_new_pgd(&mut v, b).unwrap(); // miss
+        let hpa_b = v.root_hpa().unwrap();
+        assert_ne!(hpa_a, hpa_b);
+        let locks = r.mmu.stats().lock.write_acquisitions;
+        for _ in 0..5 {
+            r.mmu.kvm_mmu_new_pgd(&mut v, r.root).unwrap();
+            assert_eq!(v.root_hpa(), Some(hpa_a));
+            r.mmu.kvm_mmu_new_pgd(&mut v, b).unwrap();
+            assert_eq!(v.root_hpa(), Some(hpa_b));
+        }
+        let s = r.mmu.stats();
+        assert_eq!(s.fast_cr3_switches, 10);
+        if <crate::BuildPolicy as SyncPolicy>::LOCKLESS {
+            assert_eq!(s.lock.write_acquisitions, locks);
+        }
+        assert_eq!(v.prev_roots().count(), 1);
+        assert_eq!(r.fault(&mut v, GVA, Access::READ), FaultOutcome::Fixed);
+        r.audit();
+    }
+
+    #[test]
+    fn the_cache_keeps_three_roots_and_frees_the_evicted_one() {
+        let mut r = Rig::new(1);
+        let mut v = r.vcpu(0);
+        let roots: Vec<u64> = (0..5).map(|_| r.g.frame()).collect();
+        for &g in &roots {
+            r.mmu.kvm_mmu_new_pgd(&mut v, g).unwrap();
+        }
+        assert_eq!(v.prev_roots().count(), KVM_MMU_NUM_PREV_ROOTS);
+        let cached: Vec<u64> = v.prev_roots().map(|e| e.pgd).collect();
+        assert_eq!(cached, vec![roots[3], roots[2], roots[1]]);
+        r.audit();
+        // The evicted roots (the rig's and roots[0]) are no longer pinned: zap_all frees them.
+        r.mmu.kvm_mmu_zap_all();
+        r.audit();
+    }
+
+    #[test]
+    fn bad_cr3_is_an_error_and_changes_nothing() {
+        let r = Rig::new(1);
+        let mut v = r.vcpu(0);
+        let hpa = v.root_hpa();
+        for bad in [
+            r.g.mem.pool_base(),
+            r.g.mem.ram_bytes(),
+            r.g.mem.monitor_mpa(),
+            1 << 47,
+            u64::MAX,
+        ] {
+            assert!(
+                matches!(r.mmu.kvm_mmu_new_pgd(&mut v, bad), Err(MmuError::BadCr3(_))),
+                "{bad:#x}"
+            );
+        }
+        assert_eq!(v.root_hpa(), hpa);
+        assert_eq!(v.pgd(), Some(r.root));
+    }
+
+    #[test]
+    fn monitor_entry_is_in_every_root_and_survives_zaps() {
+        let mut r = Rig::new(1);
+        let mut v = r.vcpu(0);
+        let m = r.g.mem.monitor_mpa() | pte::P | pte::W; // supervisor-only
+        r.mmu.link_monitor(m);
+        let mem = std::sync::Arc::clone(&r.g.mem);
+        let slot = move |hpa: u64| {
+            mem.region()
+                .load_u64(hpa + layout::MONITOR_SLOT as u64 * 8, Ordering::Relaxed)
+                .unwrap()
+        };
+        assert_eq!(slot(v.root_hpa().unwrap()), m);
+        let b = r.g.frame();
+        // The guest's own slot 511 is ignored.
+        r.g.set(
+            b + layout::MONITOR_SLOT as u64 * 8,
+            0x5000 | pte::P | pte::W | pte::U,
+        );
+        r.mmu.kvm_mmu_new_pgd(&mut v, b).unwrap();
+        assert_eq!(slot(v.root_hpa().unwrap()), m);
+        r.mmu.kvm_mmu_zap_all();
+        r.mmu.kvm_mmu_reload(&mut v).unwrap();
+        assert_eq!(slot(v.root_hpa().unwrap()), m);
+        assert!(matches!(
+            r.fault(&mut v, layout::MONITOR_BASE, Access::READ),
+            FaultOutcome::GuestFault(_)
+        ));
+    }
+
+    #[test]
+    fn zapped_root_in_use_asks_for_reload_and_recovers() {
+        let mut r = Rig::new(2);
+        let d = r.g.frame();
+        r.g.map(r.root, GVA, d, pte::P | pte::D);
+        let mut v0 = r.vcpu(0);
+        let mut v1 = r.vcpu(1);
+        assert_eq!(v0.root_hpa(), v1.root_hpa(), "same CR3, same shadow root");
+        assert_eq!(r.fault(&mut v0, GVA, Access::READ), FaultOutcome::Fixed);
+        let _ = r.mmu.vcpu_take_requests(0);
+        let _ = r.mmu.vcpu_take_requests(1);
+        r.mmu.kvm_mmu_zap_all();
+        for id in 0..2 {
+            let req = r.mmu.vcpu_take_requests(id);
+            assert_eq!(
+                req & (KVM_REQ_MMU_RELOAD | KVM_REQ_TLB_FLUSH),
+                KVM_REQ_MMU_RELOAD | KVM_REQ_TLB_FLUSH
+            );
+        }
+        assert_eq!(r.fault(&mut v0, GVA, Access::READ), FaultOutcome::Retry);
+        r.audit();
+        r.mmu.kvm_mmu_reload(&mut v0).unwrap();
+        r.mmu.kvm_mmu_reload(&mut v1).unwrap();
+        assert_eq!(v0.root_hpa(), v1.root_hpa());
+        assert_eq!(r.fault(&mut v0, GVA, Access::READ), FaultOutcome::Fixed);
+        assert_eq!(r.mmu.shadow_translate(&v1, GVA).unwrap().gpa_page, Some(d));
+        r.audit();
+        r.mmu.kvm_mmu_unload(&mut v0);
+        r.mmu.kvm_mmu_unload(&mut v1);
+        r.mmu.kvm_mmu_zap_all();
+        r.audit();
+    }
+}

@@ -238,3 +238,133 @@ impl<P: SyncPolicy> Mmu<P> {
         self.commit_zap(&mut st, c, zap);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mmu::spte::{ACC_WRITE, SPTE_W};
+    use crate::mmu::testutil::{Rig, GVA};
+    use crate::mmu::{Access, FaultOutcome};
+    use crate::BuildPolicy;
+
+    /// Maps GVA → d1 and GVA+4K → d1, faults both in, and unsyncs their PT by writing it
+    /// through the direct map. Returns (leaf PTE gpa of GVA, PT page's direct-map gva).
+    fn unsynced_rig() -> (Rig, crate::mmu::VcpuMmu, u64, u64, u64) {
+        let mut r = Rig::new(1);
+        let d1 = r.g.frame();
+        let leaf = r.g.map(r.root, GVA, d1, pte::P | pte::W | pte::D);
+        r.g.map(r.root, GVA + 4096, d1, pte::P | pte::W | pte::D);
+        let pt = leaf & !0xfff;
+        r.direct_map_page(pt);
+        let mut v = r.vcpu(0);
+        assert_eq!(r.fault(&mut v, GVA, Access::READ), FaultOutcome::Fixed);
+        assert_eq!(
+            r.fault(&mut v, GVA + 4096, Access::READ),
+            FaultOutcome::Fixed
+        );
+        let via_pt = layout::direct_map(pt);
+        assert_eq!(r.fault(&mut v, via_pt, Access::WRITE), FaultOutcome::Fixed);
+        assert_eq!(r.mmu.stats().unsyncs, 1);
+        (r, v, leaf, via_pt, d1)
+    }
+
+    #[test]
+    fn flush_syncs_an_unsync_page_and_write_protects_it_again() {
+        let (mut r, mut v, leaf, via_pt, d1) = unsynced_rig();
+        let d2 = r.g.frame();
+        // The guest writes its (now writable) PT: repoint GVA, make GVA+4K read-only.
+        r.g.set(leaf, d2 | pte::P | pte::W | pte::D);
+        r.g.set(leaf + 8, d1 | pte::P | pte::D);
+        // Before the flush the stale translation may be used, as on hardware.
+        assert_eq!(r.mmu.shadow_translate(&v, GVA).unwrap().gpa_page, Some(d1));
+        r.mmu.kvm_mmu_flush_tlb_guest(&v);
+        // Repointed entry: zapped (refaults to d2). Downgraded entry: W gone.
+        assert!(r.mmu.shadow_translate(&v, GVA).is_err());
+        let t = r.mmu.shadow_translate(&v, GVA + 4096).unwrap();
+        assert_eq!(
+            (t.gpa_page, t.access & ACC_WRITE, t.mmu_writable),
+            (Some(d1), 0, false)
+        );
+        assert_eq!(r.fault(&mut v, GVA, Access::READ), FaultOutcome::Fixed);
+        assert_eq!(r.mmu.shadow_translate(&v, GVA).unwrap().gpa_page, Some(d2));
+        // The PT is write-protected again and the root is clean.
+        assert_eq!(r.mmu.shadow_translate(&v, via_pt).unwrap().spte & SPTE_W, 0);
+        let root = r.mmu.root_page(&v).unwrap();
+        assert!(!unsync_under_lock(root));
+        let s = r.mmu.stats();
+        assert_eq!((s.syncs, s.pages_synced), (1, 1));
+        // The next write unsyncs it again.
+        assert_eq!(r.fault(&mut v, via_pt, Access::WRITE), FaultOutcome::Fixed);
+        assert_eq!(r.mmu.stats().unsyncs, 2);
+        r.audit();
+    }
+
+    #[test]
+    fn clean_root_takes_the_lock_only_under_always_lock() {
+        let (r, v, ..) = unsynced_rig();
+        r.mmu.kvm_mmu_flush_tlb_guest(&v);
+        let before = r.mmu.stats();
+        for _ in 0..10 {
+            r.mmu.kvm_mmu_sync_roots(&v);
+        }
+        let after = r.mmu.stats();
+        let writes = after.lock.write_acquisitions - before.lock.write_acquisitions;
+        let skips = after.sync_roots_lockless_skips - before.sync_roots_lockless_skips;
+        if <BuildPolicy as SyncPolicy>::LOCKLESS {
+            assert_eq!((writes, skips), (0, 10));
+        } else {
+            assert_eq!((writes, skips), (10, 0));
+        }
+        assert_eq!(after.syncs, before.syncs, "nothing to sync on a clean root");
+    }
+
+    #[test]
+    fn invlpg_syncs_one_spte_and_leaves_the_page_unsync() {
+        let (r, v, leaf, _, d1) = unsynced_rig();
+        r.g.set(leaf, d1 | pte::P | pte::D);
+        r.g.set(leaf + 8, d1 | pte::P | pte::D);
+        r.mmu.kvm_mmu_invlpg(&v, GVA);
+        assert!(!r.mmu.shadow_translate(&v, GVA).unwrap().mmu_writable);
+        assert!(
+            r.mmu.shadow_translate(&v, GVA + 4096).unwrap().mmu_writable,
+            "untouched until a flush"
+        );
+        assert!(unsync_under_lock(r.mmu.root_page(&v).unwrap()));
+        assert_eq!(r.mmu.stats().sptes_synced, 1);
+        r.mmu.kvm_mmu_flush_tlb_guest(&v);
+        assert!(!r.mmu.shadow_translate(&v, GVA + 4096).unwrap().mmu_writable);
+        r.audit();
+    }
+
+    #[test]
+    fn invlpg_of_a_synced_mapping_takes_only_the_read_lock() {
+        let (r, v, ..) = unsynced_rig();
+        r.mmu.kvm_mmu_flush_tlb_guest(&v);
+        let before = r.mmu.stats().lock;
+        r.mmu.kvm_mmu_invlpg(&v, GVA);
+        r.mmu.kvm_mmu_invlpg(&v, layout::MONITOR_BASE);
+        let after = r.mmu.stats().lock;
+        assert_eq!(after.write_acquisitions, before.write_acquisitions);
+        assert_eq!(after.read_acquisitions, before.read_acquisitions + 1);
+    }
+
+    #[test]
+    fn linking_a_page_with_unsync_children_marks_the_new_parents() {
+        // Two guest roots share one PDPT; the PT below it is unsynced under root A. When
+        // root B first links the shared PDPT, B must be flagged too.
+        let (mut r, mut v, leaf, _, d1) = unsynced_rig();
+        let root_b = r.g.frame();
+        let pml4e = r.g.get(r.g.entry(r.root, GVA, 4));
+        r.g.set(root_b + layout::pt_index(GVA, 4) as u64 * 8, pml4e);
+        r.mmu.kvm_mmu_new_pgd(&mut v, root_b).unwrap();
+        assert_eq!(r.fault(&mut v, GVA, Access::READ), FaultOutcome::Fixed);
+        assert!(unsync_under_lock(r.mmu.root_page(&v).unwrap()));
+        // And a flush on B syncs the shared PT.
+        let d2 = r.g.frame();
+        r.g.set(leaf, d2 | pte::P | pte::D);
+        r.mmu.kvm_mmu_flush_tlb_guest(&v);
+        assert!(r.mmu.shadow_translate(&v, GVA).is_err());
+        let _ = d1;
+        r.audit();
+    }
+}

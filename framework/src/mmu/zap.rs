@@ -206,3 +206,132 @@ impl<P: SyncPolicy> Mmu<P> {
         !list.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mmu::testutil::{Rig, GVA};
+    use crate::mmu::{
+        Access, FaultOutcome, KVM_MMU_NUM_PREV_ROOTS, KVM_REQ_TLB_FLUSH, MIN_FREE_PAGES,
+    };
+    use shadowlab_workloads::layout::pte;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_tiny_pool_recycles_instead_of_failing() {
+        let pool = (KVM_MMU_NUM_PREV_ROOTS + 1 + MIN_FREE_PAGES) as u64;
+        let mut r = Rig::with(4096, pool, 1);
+        let d = r.g.frame();
+        // 40 gvas in 40 different 1 GiB regions: each needs its own PDPT entry, PD and PT.
+        let gvas: Vec<u64> = (0..40u64).map(|i| GVA + (i << 30)).collect();
+        for &g in &gvas {
+            r.g.map(r.root, g, d, pte::P | pte::D);
+        }
+        let mut v = r.vcpu(0);
+        for &g in &gvas {
+            assert_eq!(r.fault(&mut v, g, Access::READ), FaultOutcome::Fixed);
+            assert_eq!(r.mmu.shadow_translate(&v, g).unwrap().gpa_page, Some(d));
+            r.audit();
+        }
+        assert!(r.mmu.stats().recycled > 30);
+        // Recycling also works with the vCPU's whole previous-roots cache pinned.
+        for _ in 0..KVM_MMU_NUM_PREV_ROOTS {
+            let b = r.g.frame();
+            r.mmu.kvm_mmu_new_pgd(&mut v, b).unwrap();
+        }
+        r.mmu.kvm_mmu_new_pgd(&mut v, r.root).unwrap();
+        for &g in &gvas[..5] {
+            assert_eq!(r.fault(&mut v, g, Access::READ), FaultOutcome::Fixed);
+        }
+        r.audit();
+    }
+
+    #[test]
+    fn a_pool_too_small_for_the_vcpus_is_an_error() {
+        let g = crate::mmu::walk::tests::TestGuest::new(64, 10);
+        let e = crate::mmu::Mmu::<crate::BuildPolicy>::new(Arc::clone(&g.mem), 2).unwrap_err();
+        assert!(matches!(e, MmuError::PoolTooSmall { vcpus: 2, .. }), "{e}");
+        assert!(crate::mmu::Mmu::<crate::BuildPolicy>::new(Arc::clone(&g.mem), 0).is_err());
+    }
+
+    #[test]
+    fn shadowing_a_mapped_frame_write_protects_it_and_flushes_remote_tlbs() {
+        let mut r = Rig::new(2);
+        let p = r.g.frame(); // an ordinary data page, for now
+        r.direct_map_page(p);
+        let mut v0 = r.vcpu(0);
+        let mut v1 = r.vcpu(1);
+        let via_p = layout::direct_map(p);
+        assert_eq!(r.fault(&mut v1, via_p, Access::WRITE), FaultOutcome::Fixed);
+        assert_ne!(r.mmu.shadow_translate(&v1, via_p).unwrap().spte & SPTE_W, 0);
+        let _ = r.mmu.vcpu_take_requests(1);
+        // v0 starts using p as a page table (a PT for some gva).
+        let d = r.g.frame();
+        let gva = GVA + (7 << 21);
+        let pde = {
+            r.g.map(r.root, gva, d, pte::P);
+            r.g.entry(r.root, gva, 2)
+        };
+        let old_pt = r.g.get(pde) & pte::ADDR_MASK;
+        r.g.set(p + layout::pt_index(gva, 1) as u64 * 8, d | pte::P);
+        r.g.set(pde, p | pte::P | pte::W | pte::U);
+        let _ = old_pt;
+        let flushes = r.mmu.stats().remote_tlb_flushes;
+        assert_eq!(r.fault(&mut v0, gva, Access::READ), FaultOutcome::Fixed);
+        assert_eq!(r.mmu.shadow_translate(&v1, via_p).unwrap().spte & SPTE_W, 0);
+        assert!(r.mmu.stats().remote_tlb_flushes > flushes);
+        assert_ne!(r.mmu.vcpu_take_requests(1) & KVM_REQ_TLB_FLUSH, 0);
+        r.audit();
+    }
+
+    #[test]
+    fn zap_gfn_stops_write_protection() {
+        let mut r = Rig::new(1);
+        let d = r.g.frame();
+        let leaf = r.g.map(r.root, GVA, d, pte::P | pte::D);
+        let pd = r.g.entry(r.root, GVA, 2) & !0xfff;
+        r.direct_map_page(pd);
+        let mut v = r.vcpu(0);
+        assert_eq!(r.fault(&mut v, GVA, Access::READ), FaultOutcome::Fixed);
+        let via_pd = layout::direct_map(pd);
+        assert_eq!(
+            r.fault(&mut v, via_pd, Access::WRITE),
+            FaultOutcome::Emulate { gpa: pd }
+        );
+        assert!(r.mmu.kvm_mmu_zap_gfn(pd >> 12));
+        assert!(!r.mmu.kvm_mmu_zap_gfn(pd >> 12));
+        assert_eq!(r.fault(&mut v, via_pd, Access::WRITE), FaultOutcome::Fixed);
+        assert_ne!(r.mmu.shadow_translate(&v, via_pd).unwrap().spte & SPTE_W, 0);
+        let _ = leaf;
+        r.audit();
+    }
+
+    #[test]
+    fn remote_flush_waits_for_a_vcpu_in_guest_mode() {
+        let r = Arc::new(Rig::new(2));
+        let _v = r.vcpu(0); // a root to zap
+        let left = Arc::new(AtomicBool::new(false));
+        let entered = Arc::new(AtomicBool::new(false));
+        let t = {
+            let (r, left, entered) = (Arc::clone(&r), Arc::clone(&left), Arc::clone(&entered));
+            std::thread::spawn(move || {
+                while r.mmu.vcpu_enter_guest(1) != 0 {}
+                entered.store(true, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                left.store(true, Ordering::SeqCst);
+                r.mmu.vcpu_exit_guest(1);
+            })
+        };
+        while !entered.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+        r.mmu.kvm_mmu_zap_all();
+        assert!(
+            left.load(Ordering::SeqCst),
+            "the flush returned while vCPU 1 was in guest mode"
+        );
+        t.join().unwrap();
+        assert_ne!(r.mmu.vcpu_take_requests(1) & KVM_REQ_TLB_FLUSH, 0);
+    }
+}
