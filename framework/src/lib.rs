@@ -5,5 +5,6 @@ pub mod mem;
 pub mod mmu;
 pub mod policy;
 pub mod rng;
+pub mod sim;
 
 pub use policy::{BuildPolicy, BUILD_POLICY};

@@ -74,6 +74,8 @@ pub fn build_boot_tables(
             needed,
         });
     }
+    // Leaves are created accessed and dirty, as a kernel's direct map usually is: the first
+    // write to a page then needs no fault just to set D.
     let flags = pte::P | pte::W | if opts.user { pte::U } else { 0 };
     let w = |gpa: u64, v: u64| mem.write_gpa_u64(gpa, v, Ordering::Relaxed);
     // Frame numbers: PTs first, then PDs, then the PDPT, then one PML4 per vCPU.
@@ -84,7 +86,7 @@ pub fn build_boot_tables(
     for gfn in 0..ram {
         w(
             (pt0 + gfn / ENTRIES) * PAGE + (gfn % ENTRIES) * 8,
-            (gfn * PAGE) | flags,
+            (gfn * PAGE) | flags | pte::A | pte::D,
         )?;
     }
     for t in 0..pts {

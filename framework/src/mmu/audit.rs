@@ -136,3 +136,46 @@ impl<P: SyncPolicy> Mmu<P> {
         Ok(())
     }
 }
+
+/// The oracle's comparison for one address, after the guest's flush: the shadow tables may
+/// lack a translation (they are a cache, filled by faults), but one they have must be the
+/// guest's: same guest frame, same U and X, SPTE_MMU_WRITABLE exactly when the guest allows
+/// writes, and W granted only if the guest allows it (W may be withheld for write tracking).
+pub fn check_translation(
+    gva: u64,
+    guest: &Result<super::GuestTranslation, super::GuestFault>,
+    shadow: &Result<ShadowTranslation, ShadowMiss>,
+) -> Result<(), String> {
+    use super::spte::{ACC_EXEC, ACC_USER, ACC_WRITE};
+    let t = match shadow {
+        Err(ShadowMiss::NotPresent { .. }) => return Ok(()),
+        Err(m) => return Err(format!("{gva:#x}: shadow walk failed: {m:?}")),
+        Ok(t) => t,
+    };
+    let g = match guest {
+        Ok(g) => g,
+        Err(f) => {
+            return Err(format!(
+                "{gva:#x}: shadow maps {:?} but the guest faults ({f})",
+                t.gpa_page
+            ))
+        }
+    };
+    if t.gpa_page != Some(g.gpa_page) {
+        return Err(format!(
+            "{gva:#x}: shadow maps gpa {:?}, guest maps {:#x}",
+            t.gpa_page, g.gpa_page
+        ));
+    }
+    let ux = ACC_USER | ACC_EXEC;
+    if t.access & ux != g.access & ux
+        || t.mmu_writable != (g.access & ACC_WRITE != 0)
+        || (t.access & ACC_WRITE != 0 && g.access & ACC_WRITE == 0)
+    {
+        return Err(format!(
+            "{gva:#x}: permissions differ: shadow {:#x} (mmu-writable {}), guest {:#x}",
+            t.access, t.mmu_writable, g.access
+        ));
+    }
+    Ok(())
+}

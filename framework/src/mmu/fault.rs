@@ -109,6 +109,7 @@ impl<P: SyncPolicy> Mmu<P> {
         access: Access,
     ) -> Result<FaultOutcome, MmuError> {
         let mut zap = ZapList::default();
+        let mut need_sync = false;
         let mut sp = root;
         for level in (2..=4u32).rev() {
             // `clear_sp_write_flooding_count`: the guest is really using this table.
@@ -144,7 +145,7 @@ impl<P: SyncPolicy> Mmu<P> {
                 }
             }
             let child = self.kvm_mmu_get_page(st, c, want_gfn, want_role)?;
-            self.link_shadow_page(st, r, child);
+            need_sync |= self.link_shadow_page(st, r, child);
             sp = child;
         }
         self.sp(sp)
@@ -156,6 +157,13 @@ impl<P: SyncPolicy> Mmu<P> {
         };
         let out = self.mmu_set_spte(st, c, r, gw, access, &mut zap);
         self.commit_zap(st, c, zap);
+        if need_sync {
+            // The new link exposed unsync pages to this root after the guest's last flush
+            // synced it: sync now, before the guest can use them (KVM requests
+            // KVM_REQ_MMU_SYNC for the same reason when it links a page with unsync
+            // children).
+            self.mmu_sync_children(st, c, root);
+        }
         Ok(out)
     }
 
@@ -163,18 +171,22 @@ impl<P: SyncPolicy> Mmu<P> {
     /// new parents are marked *before* the link is published (Release store), so a vCPU that
     /// walks the new link and then flushes finds the root flagged (KVM instead syncs unsync
     /// pages found by `kvm_mmu_get_page`, which covers leaves but not `unsync_children`).
-    fn link_shadow_page(&self, st: &mut MmuState, r: SpteRef, child: SpIdx) {
+    ///
+    /// Returns whether the child has unsync pages below it: the caller must then sync the root
+    /// before the guest runs, as they may be stale since the guest's last flush.
+    fn link_shadow_page(&self, st: &mut MmuState, r: SpteRef, child: SpIdx) -> bool {
         st.sp[child.0 as usize].parent_ptes.push(r);
         let ch = self.sp(child);
-        if ch.unsync.load(std::sync::atomic::Ordering::Relaxed)
+        let unsync_below = ch.unsync.load(std::sync::atomic::Ordering::Relaxed)
             || ch
                 .unsync_children
                 .load(std::sync::atomic::Ordering::Relaxed)
-                != 0
-        {
+                != 0;
+        if unsync_below {
             self.mark_unsync(st, r);
         }
         self.store_spte(r, ch.spt | SPTE_NONLEAF);
+        unsync_below
     }
 
     /// `mmu_set_spte` + `make_spte`: sets the leaf SPTE for the walk's frame with the walk's

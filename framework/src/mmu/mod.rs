@@ -84,9 +84,10 @@ use shadowlab_policies::SyncPolicy;
 
 use crate::mem::{GuestMemory, MemError};
 
+pub use audit::check_translation;
 pub use fault::FaultOutcome;
 pub use lock::LockStats;
-pub use page::{Role, ShadowPage, SpIdx, SpteRef};
+pub use page::{GfnHasher, Role, ShadowPage, SpIdx, SpteRef};
 pub use shadow_walk::{shadow_walk, ShadowMiss, ShadowTranslation};
 pub use spte::Access;
 pub use stats::{Counter, MmuStats};

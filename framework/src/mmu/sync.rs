@@ -56,7 +56,7 @@ impl<P: SyncPolicy> Mmu<P> {
     /// TLBs (so no vCPU keeps writing the guest tables while they are re-read), clears
     /// `unsync` and re-reads each page (`kvm_sync_page`), then clears the bitmap bits that no
     /// longer lead anywhere (`mmu_pages_clear_parents`). Write lock held.
-    fn mmu_sync_children(&self, st: &mut MmuState, c: &CounterBlock, root: SpIdx) {
+    pub(super) fn mmu_sync_children(&self, st: &mut MmuState, c: &CounterBlock, root: SpIdx) {
         c.inc(Counter::syncs);
         let mut pages: Vec<SpIdx> = Vec::new();
         self.mmu_unsync_walk(root, &mut pages, 4);
@@ -349,22 +349,29 @@ mod tests {
     }
 
     #[test]
-    fn linking_a_page_with_unsync_children_marks_the_new_parents() {
-        // Two guest roots share one PDPT; the PT below it is unsynced under root A. When
-        // root B first links the shared PDPT, B must be flagged too.
+    fn linking_a_page_with_unsync_children_syncs_it_first() {
+        // Two guest roots share one PDPT; the PT below it is unsync under root A and the
+        // guest has changed it since. When root B first links the shared PDPT (after B's
+        // CR3 load already synced B), the stale entry must not become visible through B.
         let (mut r, mut v, leaf, _, d1) = unsynced_rig();
+        let d2 = r.g.frame();
+        r.g.set(leaf + 8, d2 | pte::P | pte::D);
         let root_b = r.g.frame();
         let pml4e = r.g.get(r.g.entry(r.root, GVA, 4));
         r.g.set(root_b + layout::pt_index(GVA, 4) as u64 * 8, pml4e);
         r.mmu.kvm_mmu_new_pgd(&mut v, root_b).unwrap();
+        let syncs = r.mmu.stats().syncs;
         assert_eq!(r.fault(&mut v, GVA, Access::READ), FaultOutcome::Fixed);
-        assert!(unsync_under_lock(r.mmu.root_page(&v).unwrap()));
-        // And a flush on B syncs the shared PT.
-        let d2 = r.g.frame();
-        r.g.set(leaf, d2 | pte::P | pte::D);
-        r.mmu.kvm_mmu_flush_tlb_guest(&v);
-        assert!(r.mmu.shadow_translate(&v, GVA).is_err());
-        let _ = d1;
+        assert_eq!(r.mmu.stats().syncs, syncs + 1);
+        assert_eq!(r.mmu.shadow_translate(&v, GVA).unwrap().gpa_page, Some(d1));
+        if let Ok(t) = r.mmu.shadow_translate(&v, GVA + 4096) {
+            assert_eq!(
+                t.gpa_page,
+                Some(d2),
+                "stale entry exposed through the new link"
+            );
+        }
+        assert!(!unsync_under_lock(r.mmu.root_page(&v).unwrap()));
         r.audit();
     }
 }
