@@ -182,7 +182,10 @@ impl<P: SyncPolicy> Mmu<P> {
     /// its tables in the monitor area) and writes it into slot 511 of every shadow root, now
     /// and for every root created later: PVM-style, the monitor is in every address space the
     /// vCPU can run on, and the guest's own slot 511 is never shadowed.
+    ///
+    /// The U bit of `pml4e` is cleared: the monitor is never user-accessible.
     pub fn link_monitor(&self, pml4e: u64) {
+        let pml4e = pml4e & !pte::U;
         let _st = self.state.write();
         self.monitor_pml4e.store(pml4e, Ordering::Relaxed);
         for (i, p) in self.pages.iter().enumerate() {
@@ -275,8 +278,8 @@ mod tests {
     fn monitor_entry_is_in_every_root_and_survives_zaps() {
         let mut r = Rig::new(1);
         let mut v = r.vcpu(0);
-        let m = r.g.mem.monitor_mpa() | pte::P | pte::W; // supervisor-only
-        r.mmu.link_monitor(m);
+        let m = r.g.mem.monitor_mpa() | pte::P | pte::W;
+        r.mmu.link_monitor(m | pte::U); // forced supervisor-only
         let mem = std::sync::Arc::clone(&r.g.mem);
         let slot = move |hpa: u64| {
             mem.region()

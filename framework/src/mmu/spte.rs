@@ -72,6 +72,11 @@ impl Access {
     /// A supervisor instruction fetch.
     pub const FETCH: Access = Access(pferr::FETCH);
 
+    /// The access described by a #PF error code (the other bits are ignored): what the KVM
+    /// backend passes to `page_fault` after a #PF exit.
+    pub const fn from_pfec(error_code: u32) -> Access {
+        Access(error_code & (pferr::WRITE | pferr::USER | pferr::FETCH))
+    }
     /// The same access from user mode.
     pub const fn user(self) -> Access {
         Access(self.0 | pferr::USER)

@@ -1,6 +1,6 @@
 //! MMU event counters: one cache-line-aligned block of relaxed atomics per vCPU (plus one for
-//! work not done on behalf of a vCPU), so counting on a hot path is an uncontended relaxed
-//! increment of a line the vCPU's own thread owns. [`MmuStats`] is the serde snapshot, summed.
+//! work not done on behalf of a vCPU, counted under the MMU write lock), so counting on a hot
+//! path is a plain load and store to a line only the vCPU's own thread writes. [`MmuStats`] is the serde snapshot, summed.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -74,10 +74,13 @@ impl CounterBlock {
     pub fn inc(&self, c: Counter) {
         self.add(c, 1)
     }
-    /// Adds `n`.
+    /// Adds `n`. Single writer: a vCPU's block is only written by the thread that owns its
+    /// `VcpuMmu`, and the global block only under the MMU write lock, so a relaxed load and
+    /// store suffice (no locked RMW on the hot path; readers may see a slightly old value).
     #[inline(always)]
     pub fn add(&self, c: Counter, n: u64) {
-        self.0[c as usize].fetch_add(n, Relaxed);
+        let a = &self.0[c as usize];
+        a.store(a.load(Relaxed).wrapping_add(n), Relaxed);
     }
     /// The current value of one counter.
     #[cfg(test)]

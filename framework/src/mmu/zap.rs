@@ -192,6 +192,21 @@ impl<P: SyncPolicy> Mmu<P> {
         self.commit_zap(&mut st, c, zap);
     }
 
+    /// Zaps one shadow page (KVM's `kvm_mmu_prepare_zap_page` + commit, as
+    /// `kvm_mmu_zap_oldest_mmu_pages` does for each victim). Returns whether it was live.
+    pub fn kvm_mmu_zap_page(&self, sp: SpIdx) -> bool {
+        if self.shadow_page(sp).is_none() {
+            return false;
+        }
+        let c = &self.global;
+        let mut st = self.state.write();
+        let live = st.sp[sp.0 as usize].allocated && !self.sp(sp).is_invalid();
+        let mut zap = ZapList::default();
+        self.kvm_mmu_prepare_zap_page(&mut st, c, sp, &mut zap);
+        self.commit_zap(&mut st, c, zap);
+        live
+    }
+
     /// Zaps every shadow page of guest frame `gfn` (KVM's `kvm_mmu_unprotect_gfn_and_retry`
     /// zap): the gfn stops being write-protected. Returns whether any page was zapped.
     pub fn kvm_mmu_zap_gfn(&self, gfn: u64) -> bool {
@@ -283,6 +298,43 @@ mod tests {
         assert!(r.mmu.stats().remote_tlb_flushes > flushes);
         assert_ne!(r.mmu.vcpu_take_requests(1) & KVM_REQ_TLB_FLUSH, 0);
         r.audit();
+    }
+
+    #[test]
+    fn zap_one_page_unlinks_it_and_the_next_access_rebuilds() {
+        let mut r = Rig::new(1);
+        let d = r.g.frame();
+        r.g.map(r.root, GVA, d, pte::P | pte::D);
+        let mut v = r.vcpu(0);
+        assert_eq!(r.fault(&mut v, GVA, Access::READ), FaultOutcome::Fixed);
+        // The PT's shadow page is the one the leaf lives in: find it via the PD entry.
+        let root = r.mmu.root_page(&v).unwrap().spt();
+        let walk = |table: u64, level: u32| {
+            r.g.mem
+                .region()
+                .load_u64(
+                    table + layout::pt_index(GVA, level) as u64 * 8,
+                    Ordering::Relaxed,
+                )
+                .unwrap()
+                & crate::mmu::spte::SPTE_ADDR
+        };
+        let pt = walk(walk(walk(root, 4), 3), 2);
+        let idx = SpIdx(r.g.mem.pool_index(pt).unwrap());
+        assert!(r.mmu.kvm_mmu_zap_page(idx));
+        assert!(!r.mmu.kvm_mmu_zap_page(idx));
+        assert!(!r.mmu.kvm_mmu_zap_page(SpIdx(u32::MAX)));
+        assert!(r.mmu.shadow_translate(&v, GVA).is_err());
+        r.audit();
+        assert_eq!(r.fault(&mut v, GVA, Access::READ), FaultOutcome::Fixed);
+        r.audit();
+    }
+
+    #[test]
+    fn mmu_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::mmu::Mmu<crate::BuildPolicy>>();
+        check::<crate::mmu::VcpuMmu>();
     }
 
     #[test]
