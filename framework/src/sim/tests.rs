@@ -386,16 +386,14 @@ fn concurrent_churn_on_a_tiny_pool_stays_correct() {
                     mapped[s] = Some(k);
                     cpu.invlpg(g);
                 }
-                4 => {
-                    if leaves[s].is_some() {
-                        // Unmap in both roots (the PTs are separate per root).
-                        for root in [boot, alt] {
-                            let l = p.map(cpu, root, g, 0, 0);
-                            cpu.write_u64(l, 0);
-                        }
-                        mapped[s] = None;
-                        cpu.invlpg(g);
+                // Unmap in both roots (the PTs are separate per root).
+                4 if leaves[s].is_some() => {
+                    for root in [boot, alt] {
+                        let l = p.map(cpu, root, g, 0, 0);
+                        cpu.write_u64(l, 0);
                     }
+                    mapped[s] = None;
+                    cpu.invlpg(g);
                 }
                 5 => {
                     cur = if cur == boot { alt } else { boot };
