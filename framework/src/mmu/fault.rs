@@ -109,7 +109,6 @@ impl<P: SyncPolicy> Mmu<P> {
         access: Access,
     ) -> Result<FaultOutcome, MmuError> {
         let mut zap = ZapList::default();
-        let mut need_sync = false;
         let mut sp = root;
         for level in (2..=4u32).rev() {
             // `clear_sp_write_flooding_count`: the guest is really using this table.
@@ -145,7 +144,20 @@ impl<P: SyncPolicy> Mmu<P> {
                 }
             }
             let child = self.kvm_mmu_get_page(st, c, want_gfn, want_role)?;
-            need_sync |= self.link_shadow_page(st, r, child);
+            // As KVM's FNAME(fetch) since 2021 ("KVM: X86: Synchronize the shadow pagetable
+            // before link it"): the guest need not flush when it makes a non-present entry
+            // present, so unsync pages below an upper-level page must be synced before the
+            // page becomes reachable from this root, or the guest could use stale entries.
+            // (A leaf page was already synced by kvm_mmu_get_page.)
+            if self
+                .sp(child)
+                .unsync_children
+                .load(std::sync::atomic::Ordering::Relaxed)
+                != 0
+            {
+                self.mmu_sync_children(st, c, child);
+            }
+            self.link_shadow_page(st, r, child);
             sp = child;
         }
         self.sp(sp)
@@ -157,36 +169,25 @@ impl<P: SyncPolicy> Mmu<P> {
         };
         let out = self.mmu_set_spte(st, c, r, gw, access, &mut zap);
         self.commit_zap(st, c, zap);
-        if need_sync {
-            // The new link exposed unsync pages to this root after the guest's last flush
-            // synced it: sync now, before the guest can use them (KVM requests
-            // KVM_REQ_MMU_SYNC for the same reason when it links a page with unsync
-            // children).
-            self.mmu_sync_children(st, c, root);
-        }
         Ok(out)
     }
 
-    /// `link_shadow_page`: points `r` at `child`. If the child has unsync pages below it, its
-    /// new parents are marked *before* the link is published (Release store), so a vCPU that
-    /// walks the new link and then flushes finds the root flagged (KVM instead syncs unsync
-    /// pages found by `kvm_mmu_get_page`, which covers leaves but not `unsync_children`).
-    ///
-    /// Returns whether the child has unsync pages below it: the caller must then sync the root
-    /// before the guest runs, as they may be stale since the guest's last flush.
-    fn link_shadow_page(&self, st: &mut MmuState, r: SpteRef, child: SpIdx) -> bool {
+    /// `link_shadow_page`: points `r` at `child`. If the child still has unsync pages below
+    /// it (a leaf page is unsync, or `unsync_children`), its new parents are marked *before*
+    /// the link is published (Release store), so a vCPU that walks the new link and then
+    /// flushes finds its root flagged.
+    fn link_shadow_page(&self, st: &mut MmuState, r: SpteRef, child: SpIdx) {
         st.sp[child.0 as usize].parent_ptes.push(r);
         let ch = self.sp(child);
-        let unsync_below = ch.unsync.load(std::sync::atomic::Ordering::Relaxed)
+        if ch.unsync.load(std::sync::atomic::Ordering::Relaxed)
             || ch
                 .unsync_children
                 .load(std::sync::atomic::Ordering::Relaxed)
-                != 0;
-        if unsync_below {
+                != 0
+        {
             self.mark_unsync(st, r);
         }
         self.store_spte(r, ch.spt | SPTE_NONLEAF);
-        unsync_below
     }
 
     /// `mmu_set_spte` + `make_spte`: sets the leaf SPTE for the walk's frame with the walk's

@@ -51,15 +51,17 @@ impl<P: SyncPolicy> Mmu<P> {
         self.kvm_mmu_sync_roots(v)
     }
 
-    /// KVM's `mmu_sync_children`: finds every unsync page below `root` through the
+    /// KVM's `mmu_sync_children`: finds every unsync page below `parent` (a root, or an
+    /// upper-level page about to be linked) through the
     /// `unsync_child_bitmap`s (`mmu_unsync_walk`), write-protects their gfns and flushes remote
     /// TLBs (so no vCPU keeps writing the guest tables while they are re-read), clears
     /// `unsync` and re-reads each page (`kvm_sync_page`), then clears the bitmap bits that no
     /// longer lead anywhere (`mmu_pages_clear_parents`). Write lock held.
-    pub(super) fn mmu_sync_children(&self, st: &mut MmuState, c: &CounterBlock, root: SpIdx) {
+    pub(super) fn mmu_sync_children(&self, st: &mut MmuState, c: &CounterBlock, parent: SpIdx) {
         c.inc(Counter::syncs);
         let mut pages: Vec<SpIdx> = Vec::new();
-        self.mmu_unsync_walk(root, &mut pages, 4);
+        let level = self.sp(parent).role().level as u32;
+        self.mmu_unsync_walk(parent, &mut pages, level);
         pages.sort_unstable();
         pages.dedup();
         let mut protected = false;
@@ -74,7 +76,7 @@ impl<P: SyncPolicy> Mmu<P> {
             self.kvm_unlink_unsync_page(sp);
             zap.flush |= self.kvm_sync_page(st, c, sp);
         }
-        self.clear_synced_bits(root, 4);
+        self.clear_synced_bits(parent, level);
         self.commit_zap(st, c, zap);
     }
 
