@@ -19,10 +19,12 @@ impl<P: SyncPolicy> Mmu<P> {
     /// later flushes must see the flags in `is_unsync_root`: that is the pairing the build's
     /// policy provides on the reader side. `false` means the SPTE stays write-protected.
     ///
-    /// Differs from KVM: the "is any shadow page of this gfn not a leaf" check is done here
-    /// (as KVM's older `mmu_need_write_protect` did) rather than relying on the page-track
-    /// machinery; there is no separate `mmu_unsync_pages_lock` because the whole call runs
-    /// under the MMU write lock.
+    /// Differs from KVM: KVM write-tracks the gfns of upper-level shadow pages in its
+    /// page-track machinery (`account_shadowed` for `role.level > PG_LEVEL_4K`) and refuses
+    /// first if the gfn is tracked ("this guards the role.level == 4K assertion below"); here
+    /// the same question is asked of the page hash directly. There is no separate
+    /// `mmu_unsync_pages_lock` because the whole call runs under the MMU write lock, and no
+    /// `prefetch` case (the MMU does not prefetch).
     pub(super) fn mmu_try_to_unsync_pages(
         &self,
         st: &mut MmuState,
