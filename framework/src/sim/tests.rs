@@ -1,13 +1,12 @@
 //! Tests of the simulated backend, driving it through the workloads' `Cpu` trait with a small
 //! page-table manager written here (the real one lives in the workloads crate).
 
-use std::sync::atomic::Ordering;
-
 use shadowlab_workloads::layout::{self, direct_map, pte};
 use shadowlab_workloads::Cpu;
 
 use super::*;
 use crate::mmu::check_translation;
+use shadowlab_policies::SyncPolicy;
 
 const PAGE: u64 = 4096;
 const UVA: u64 = layout::WORKLOAD_BASE;
@@ -273,17 +272,15 @@ fn shadow_agrees_with_guest_after_flush_across_root_switches() {
 
 /// The race the protocol guards against: vCPU 0 rewrites a leaf PTE in a page table that
 /// vCPU 1's root also uses, then publishes a generation; vCPU 1 flushes its own TLB and must
-/// read the frame of that generation, never the previous one.
-#[test]
-fn unsync_race_sees_no_stale_translation_after_flush() {
-    const ITERS: u64 = 2000;
+/// read the frame of that generation, never the previous one. Returns (stale reads, stats).
+fn unsync_race<P: SyncPolicy>(iters: u64, seed: u64) -> (u64, crate::mmu::MmuStats) {
     let c = SimConfig {
         vcpus: 2,
-        seed: 9,
+        seed,
         ram_bytes: 8 << 20,
         pool_pages: 256,
     };
-    let run = run(&c, |cpu| {
+    let run = run_with::<P, _, _>(&c, |cpu| {
         // The mailbox: the last RAM frame (in vCPU 1's free range, which it never allocates).
         let ram = cpu.vm().mem().ram_bytes();
         let mbox = direct_map(ram - PAGE);
@@ -295,15 +292,11 @@ fn unsync_race_sees_no_stale_translation_after_flush() {
             cpu.write_u64(direct_map(b), 0xb);
             let leaf = p.map(cpu, cpu.boot_root(), UVA, a, pte::P | pte::W);
             // Share the user half with vCPU 1's root (boot PML4s are consecutive frames).
-            let pml4e = cpu.read_u64(direct_map(
-                cpu.boot_root() + 8 * layout::pt_index(UVA, 4) as u64,
-            ));
-            cpu.write_u64(
-                direct_map(cpu.boot_root() + PAGE + 8 * layout::pt_index(UVA, 4) as u64),
-                pml4e,
-            );
+            let slot = 8 * layout::pt_index(UVA, 4) as u64;
+            let pml4e = cpu.read_u64(direct_map(cpu.boot_root() + slot));
+            cpu.write_u64(direct_map(cpu.boot_root() + PAGE + slot), pml4e);
             cpu.write_u64(ready, 1);
-            for i in 1..=ITERS {
+            for i in 1..=iters {
                 let frame = if i % 2 == 1 { b } else { a };
                 cpu.write_u64(leaf, frame | pte::P | pte::W);
                 cpu.write_u64(gen, i);
@@ -317,7 +310,7 @@ fn unsync_race_sees_no_stale_translation_after_flush() {
                 cpu.pause();
             }
             let mut stale = 0;
-            for i in 1..=ITERS {
+            for i in 1..=iters {
                 while cpu.read_u64(gen) != i {
                     cpu.pause();
                 }
@@ -332,11 +325,35 @@ fn unsync_race_sees_no_stale_translation_after_flush() {
         }
     })
     .unwrap();
-    assert_eq!(run.results[1], 0, "stale translations after a flush");
-    assert!(run.mmu.unsyncs >= ITERS / 2, "{:?}", run.mmu);
-    assert!(run.mmu.syncs >= ITERS / 2);
-    assert!(run.mmu.remote_tlb_flushes > 0);
-    let _ = Ordering::Relaxed;
+    (run.results[1], run.mmu)
+}
+
+#[test]
+fn unsync_race_sees_no_stale_translation_after_flush() {
+    const ITERS: u64 = 2000;
+    let (stale, s) = unsync_race::<BuildPolicy>(ITERS, 9);
+    assert_eq!(stale, 0, "stale translations after a flush");
+    assert!(s.unsyncs >= ITERS / 2, "{s:?}");
+    assert!(s.syncs >= ITERS / 2);
+    assert!(s.remote_tlb_flushes > 0);
+}
+
+#[test]
+fn every_policy_runs_in_one_build_and_only_always_lock_never_skips() {
+    use shadowlab_policies::{AcquireLoad, AlwaysLock, RmbFence, SeqCstFence};
+    let (stale, s) = unsync_race::<AcquireLoad>(200, 1);
+    assert_eq!(stale, 0);
+    assert!(s.sync_roots_lockless_skips > 0);
+    let (stale, s) = unsync_race::<RmbFence>(200, 1);
+    assert_eq!(stale, 0);
+    assert!(s.sync_roots_lockless_skips > 0);
+    let (stale, s) = unsync_race::<SeqCstFence>(200, 1);
+    assert_eq!(stale, 0);
+    assert!(s.sync_roots_lockless_skips > 0);
+    let (stale, s) = unsync_race::<AlwaysLock>(200, 1);
+    assert_eq!(stale, 0);
+    assert_eq!(s.sync_roots_lockless_skips, 0);
+    assert!(s.lock.write_acquisitions >= s.sync_roots);
 }
 
 /// Two vCPUs map, remap, unmap and switch roots concurrently on a pool small enough that
