@@ -15,9 +15,10 @@
 //! v.root_hpa()                                    // -> the machine-physical CR3 to run on
 //! mmu.kvm_mmu_flush_tlb_guest(&v);               // guest TLB flush: kvm_mmu_sync_roots
 //! mmu.kvm_mmu_invlpg(&v, gva);                    // guest INVLPG
-//! mmu.page_fault(&mut v, gva, access)?            // a #PF on the shadow tables
+//! mmu.page_fault(&mut v, cr2, Access::from_pfec(error_code))?   // a #PF on the shadow tables
 //!     -> Fixed | Retry | GuestFault(f) (inject) | Emulate { gpa } (decode + emulate_write)
 //! mmu.emulate_write(&v, gpa, &bytes)?;            // the emulated store to a guest page table
+//! mmu.emulate_rmw_u64(&v, gpa, |old| new)?;       // an emulated locked RMW (8 bytes)
 //!
 //! // Around running guest code (KVM's vcpu->mode / requests):
 //! let req = mmu.vcpu_enter_guest(id);             // nonzero: handle, then retry
@@ -26,19 +27,28 @@
 //! mmu.vcpu_exit_guest(id);
 //!
 //! mmu.stats() -> MmuStats (serde)                 // counters, lock acquisitions and wait
-//! mmu.kvm_mmu_zap_all(); mmu.kvm_mmu_zap_gfn(gfn);
-//! guest_translate(&mem, cr3, gva) / mmu.shadow_translate(&v, gva) / mmu.audit()   // oracle
+//! mmu.kvm_mmu_zap_all(); mmu.kvm_mmu_zap_gfn(gfn); mmu.kvm_mmu_zap_page(sp);
+//! mmu.kvm_mmu_unload(&mut v);                     // vCPU teardown
+//! guest_translate(&mem, cr3, gva) / mmu.shadow_translate(&v, gva)  // the oracle's two walks,
+//! check_translation(gva, &guest, &shadow) / mmu.audit()            // and its checks
 //! ```
+//!
+//! Backend obligations: call `vcpu_exit_guest` as soon as the vCPU stops running guest code
+//! (right after `KVM_RUN` returns), before any other MMU call: remote TLB flushes are issued
+//! under the MMU write lock and wait for vCPUs in guest mode to leave it, so a vCPU that took
+//! the lock while still marked in guest mode would deadlock. Handle the requests returned by
+//! `vcpu_enter_guest` before running. On kvm, install a kicker that forces `KVM_RUN` to
+//! return (a signal with `immediate_exit`), or flushes wait for the next natural exit.
 //!
 //! # The algorithm
 //!
 //! - A guest #PF on the shadow tables ([`Mmu::page_fault`], `FNAME(page_fault)`) walks the guest
 //!   tables ([`walk_addr`], setting guest A/D), then under the write lock links shadow pages
-//!   level by level ([`Mmu::kvm_mmu_get_page`], `link_shadow_page`) and sets the leaf
+//!   level by level (`kvm_mmu_get_page`, `link_shadow_page`) and sets the leaf
 //!   (`mmu_set_spte`). Every gfn shadowed as a page table is write-protected (`account_shadowed`
 //!   → `rmap_write_protect`, with a remote TLB flush).
 //! - A write fault on a write-protected *leaf* guest table unsyncs it
-//!   ([`Mmu::mmu_try_to_unsync_pages`]): `sp.unsync = true`, parents' `unsync_children`, then
+//!   (`mmu_try_to_unsync_pages`): `sp.unsync = true`, parents' `unsync_children`, then
 //!   `fence(Release)` (smp_wmb), then SPTE.W = 1. Any other write to a shadowed gfn is emulated
 //!   ([`Mmu::emulate_write`] → `kvm_mmu_track_write`): the affected SPTE is zapped; misaligned
 //!   or repeated (write-flooding) writes zap the page.
