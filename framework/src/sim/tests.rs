@@ -437,3 +437,54 @@ fn concurrent_churn_on_a_tiny_pool_stays_correct() {
     assert!(run.mmu.recycled > 100, "{:?}", run.mmu);
     assert!(run.mmu.remote_tlb_flushes > 0);
 }
+
+/// A recursive (self-mapping) PML4 slot, as some kernels use: the guest reads and writes its
+/// own PML4 through it. Hardware simply follows the loop; here the PML4 is then shadowed at
+/// every level, and writes through the alias must be emulated (never granted) so that the
+/// shadow root follows them.
+#[test]
+fn recursive_pml4_slot_behaves_as_on_hardware() {
+    run(&cfg(1, 12), |cpu| {
+        let mut p = Pager::new(cpu);
+        let root = cpu.boot_root();
+        cpu.write_u64(direct_map(root + 5 * 8), root | pte::P | pte::W);
+        let rec = (5u64 << 39) | (5 << 30) | (5 << 21) | (5 << 12);
+        let dm_entry = cpu.read_u64(direct_map(root + layout::DIRECT_MAP_SLOT as u64 * 8));
+        assert_eq!(
+            cpu.read_u64(rec + layout::DIRECT_MAP_SLOT as u64 * 8),
+            dm_entry
+        );
+        // Build a user PDPT/PD/PT by hand and link it into the PML4 *through the alias*.
+        let (pdpt, pd, pt, data) = (p.frame(), p.frame(), p.frame(), p.frame());
+        cpu.write_u64(direct_map(data), 0x5eed);
+        cpu.write_u64(
+            direct_map(pdpt + 8 * layout::pt_index(UVA, 3) as u64),
+            pd | pte::P | pte::W,
+        );
+        cpu.write_u64(
+            direct_map(pd + 8 * layout::pt_index(UVA, 2) as u64),
+            pt | pte::P | pte::W,
+        );
+        cpu.write_u64(
+            direct_map(pt + 8 * layout::pt_index(UVA, 1) as u64),
+            data | pte::P | pte::W,
+        );
+        let slot = layout::pt_index(UVA, 4) as u64;
+        cpu.write_u64(rec + 8 * slot, pdpt | pte::P | pte::W);
+        assert_eq!(
+            cpu.read_u64(direct_map(root + 8 * slot)),
+            pdpt | pte::P | pte::W
+        );
+        assert_eq!(cpu.read_u64(UVA), 0x5eed);
+        // The alias never became writable: the write was emulated.
+        let t = cpu.shadow_translate(rec).unwrap();
+        assert_eq!(t.access & crate::mmu::spte::ACC_WRITE, 0);
+        assert!(cpu.vm().mmu().stats().emulations > 0);
+        // Unlink it again through the alias; after a flush the user half is gone.
+        cpu.write_u64(rec + 8 * slot, 0);
+        cpu.flush_tlb();
+        assert!(matches!(cpu.try_read_u64(UVA), Err(SimFault::Guest(_))));
+        assert!(cpu.vm().mmu().audit().is_ok());
+    })
+    .unwrap();
+}
