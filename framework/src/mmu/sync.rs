@@ -376,4 +376,46 @@ mod tests {
         assert!(!unsync_under_lock(r.mmu.root_page(&v).unwrap()));
         r.audit();
     }
+
+    #[test]
+    fn bad_ptes_written_while_unsync_are_never_mapped_by_a_sync() {
+        // While a PT is unsync the guest writes it freely: whatever it writes, the sync (and
+        // INVLPG's single-entry sync) must zap, not map, entries that point outside RAM or
+        // into the pool, or that have reserved bits.
+        let (r, mut v, leaf, _, d1) = unsynced_rig();
+        let bad = [
+            r.g.mem.pool_base() | pte::P | pte::W | pte::D,
+            r.g.mem.ram_bytes() | pte::P | pte::D,
+            d1 | pte::P | pte::D | (1 << 50),
+        ];
+        for (i, b) in bad.into_iter().enumerate() {
+            r.g.set(leaf, b);
+            r.g.set(leaf + 8, b);
+            if i % 2 == 0 {
+                r.mmu.kvm_mmu_flush_tlb_guest(&v);
+            } else {
+                r.mmu.kvm_mmu_invlpg(&v, GVA);
+                r.mmu.kvm_mmu_invlpg(&v, GVA + 4096);
+            }
+            for g in [GVA, GVA + 4096] {
+                assert!(r.mmu.shadow_translate(&v, g).is_err(), "entry {i} mapped");
+                match r.fault(&mut v, g, Access::READ) {
+                    FaultOutcome::GuestFault(f) => assert!(f.is_reserved()),
+                    o => panic!("{o:?}"),
+                }
+            }
+            r.audit();
+            // Make it valid again and re-establish both mappings (and the unsync state).
+            r.g.set(leaf, d1 | pte::P | pte::W | pte::D);
+            r.g.set(leaf + 8, d1 | pte::P | pte::W | pte::D);
+            r.mmu.kvm_mmu_flush_tlb_guest(&v);
+            assert_eq!(r.fault(&mut v, GVA, Access::READ), FaultOutcome::Fixed);
+            assert_eq!(
+                r.fault(&mut v, GVA + 4096, Access::READ),
+                FaultOutcome::Fixed
+            );
+            let via_pt = layout::direct_map(leaf & !0xfff);
+            assert_eq!(r.fault(&mut v, via_pt, Access::WRITE), FaultOutcome::Fixed);
+        }
+    }
 }

@@ -288,10 +288,8 @@ mod tests {
             r.g.map(r.root, gva, d, pte::P);
             r.g.entry(r.root, gva, 2)
         };
-        let old_pt = r.g.get(pde) & pte::ADDR_MASK;
         r.g.set(p + layout::pt_index(gva, 1) as u64 * 8, d | pte::P);
         r.g.set(pde, p | pte::P | pte::W | pte::U);
-        let _ = old_pt;
         let flushes = r.mmu.stats().remote_tlb_flushes;
         assert_eq!(r.fault(&mut v0, gva, Access::READ), FaultOutcome::Fixed);
         assert_eq!(r.mmu.shadow_translate(&v1, via_p).unwrap().spte & SPTE_W, 0);
@@ -341,7 +339,7 @@ mod tests {
     fn zap_gfn_stops_write_protection() {
         let mut r = Rig::new(1);
         let d = r.g.frame();
-        let leaf = r.g.map(r.root, GVA, d, pte::P | pte::D);
+        r.g.map(r.root, GVA, d, pte::P | pte::D);
         let pd = r.g.entry(r.root, GVA, 2) & !0xfff;
         r.direct_map_page(pd);
         let mut v = r.vcpu(0);
@@ -355,7 +353,6 @@ mod tests {
         assert!(!r.mmu.kvm_mmu_zap_gfn(pd >> 12));
         assert_eq!(r.fault(&mut v, via_pd, Access::WRITE), FaultOutcome::Fixed);
         assert_ne!(r.mmu.shadow_translate(&v, via_pd).unwrap().spte & SPTE_W, 0);
-        let _ = leaf;
         r.audit();
     }
 
