@@ -4,8 +4,9 @@
 //! them share one direct map of guest RAM at [`layout::DIRECT_MAP_BASE`] (PML4 slot 256), built
 //! from 4 KiB pages only, as the layout requires. Nothing else is mapped: the user half is
 //! empty and slot 511 is left for the VMM's monitor. The tables live at the bottom of guest RAM;
-//! the frames above them are split into one disjoint, page-aligned range per vCPU for the
-//! workloads' frame allocators.
+//! one zeroed page after them is shared by every vCPU (`Cpu::shared_page`: barriers and
+//! hand-offs between vCPUs), and the frames above are split into one disjoint, page-aligned
+//! range per vCPU for the workloads' frame allocators.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -52,6 +53,9 @@ pub struct BootTables {
     pub free: Vec<Range<u64>>,
     /// Guest-physical addresses of every table frame (PML4s included).
     pub table_frames: Range<u64>,
+    /// Guest-physical address of the page shared by every vCPU (`Cpu::shared_page`), zeroed,
+    /// in no vCPU's free range.
+    pub shared_page: u64,
 }
 
 /// Writes the boot page tables into guest RAM for `nr_vcpus` vCPUs.
@@ -67,7 +71,7 @@ pub fn build_boot_tables(
     let pts = ram.div_ceil(ENTRIES);
     let pds = pts.div_ceil(ENTRIES);
     let pdpts = pds.div_ceil(ENTRIES);
-    let needed = pts + pds + pdpts + nr_vcpus as u64;
+    let needed = pts + pds + pdpts + nr_vcpus as u64 + 1;
     if pdpts > 1 || needed + nr_vcpus as u64 > ram {
         return Err(BootError::RamTooSmall {
             ram_frames: ram,
@@ -107,7 +111,9 @@ pub fn build_boot_tables(
         )?;
         roots.push(root);
     }
-    let first_free = pml40 + nr_vcpus as u64;
+    let shared = pml40 + nr_vcpus as u64;
+    mem.write_gpa(shared * PAGE, &[0u8; PAGE as usize])?;
+    let first_free = shared + 1;
     let per = (ram - first_free) / nr_vcpus as u64;
     let free = (0..nr_vcpus as u64)
         .map(|v| {
@@ -123,7 +129,8 @@ pub fn build_boot_tables(
     Ok(BootTables {
         roots,
         free,
-        table_frames: 0..first_free * PAGE,
+        table_frames: 0..shared * PAGE,
+        shared_page: shared * PAGE,
     })
 }
 
@@ -172,8 +179,10 @@ mod tests {
             assert_eq!(walk(&m, root, layout::WORKLOAD_BASE), None);
             assert_eq!(walk(&m, root, layout::MONITOR_BASE), None);
         }
-        // Free ranges: disjoint, aligned, above the tables, inside RAM.
-        let mut prev_end = b.table_frames.end;
+        // The shared page sits between the tables and the free ranges.
+        assert_eq!(b.shared_page, b.table_frames.end);
+        // Free ranges: disjoint, aligned, above the tables and the shared page, inside RAM.
+        let mut prev_end = b.shared_page + PAGE;
         for r in &b.free {
             assert_eq!(r.start, prev_end);
             assert!(r.end > r.start && r.start % PAGE == 0 && r.end % PAGE == 0);

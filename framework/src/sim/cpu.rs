@@ -287,6 +287,10 @@ impl<P: SyncPolicy> Cpu for SimCpu<'_, P> {
         self.vm.boot().roots[self.id]
     }
 
+    fn shared_page(&self) -> u64 {
+        self.vm.boot().shared_page
+    }
+
     fn read_u64(&mut self, gva: u64) -> u64 {
         self.try_read_u64(gva).unwrap_or_else(|f| self.abort(f))
     }

@@ -281,9 +281,8 @@ fn unsync_race<P: SyncPolicy>(iters: u64, seed: u64) -> (u64, crate::mmu::MmuSta
         pool_pages: 256,
     };
     let run = run_with::<P, _, _>(&c, |cpu| {
-        // The mailbox: the last RAM frame (in vCPU 1's free range, which it never allocates).
-        let ram = cpu.vm().mem().ram_bytes();
-        let mbox = direct_map(ram - PAGE);
+        // The mailbox: the page every vCPU shares (zeroed at boot).
+        let mbox = direct_map(cpu.shared_page());
         let (ready, gen, ack) = (mbox, mbox + 8, mbox + 16);
         if cpu.id() == 0 {
             let mut p = Pager::new(cpu);
@@ -487,4 +486,36 @@ fn recursive_pml4_slot_behaves_as_on_hardware() {
         assert!(cpu.vm().mmu().audit().is_ok());
     })
     .unwrap();
+}
+
+/// Every workload of the workloads crate runs on sim and passes its own self-checks, with the
+/// op count its parameters imply, on 1 vCPU and on 2 (each vCPU runs it; `unsync-race`
+/// coordinates them).
+#[test]
+fn every_workload_passes_on_sim() {
+    use shadowlab_workloads::{Params, Run, Workload};
+    for w in Workload::ALL {
+        let d = w.params();
+        // Fewer iterations than the defaults: this is a correctness test, not a benchmark.
+        let w = w.with_params(Params {
+            iters: d.iters.min(200),
+            ..d
+        });
+        for vcpus in [1, 2] {
+            let c = SimConfig {
+                vcpus,
+                seed: 21,
+                ram_bytes: 64 << 20,
+                pool_pages: 2048,
+            };
+            let out = run(&c, |cpu| w.run(cpu))
+                .unwrap_or_else(|e| panic!("{} on {vcpus}: {e}", w.name()));
+            for (i, r) in out.results.iter().enumerate() {
+                match r {
+                    Ok(rep) => assert_eq!(rep.ops, w.expected_ops(), "{} vCPU {i}", w.name()),
+                    Err(e) => panic!("{} on {vcpus} vCPUs, vCPU {i}: {e}", w.name()),
+                }
+            }
+        }
+    }
 }
