@@ -55,7 +55,7 @@ pub struct BootTables {
     pub table_frames: Range<u64>,
     /// Guest-physical address of the page shared by every vCPU (`Cpu::shared_page`), zeroed,
     /// in no vCPU's free range.
-    pub shared_page: u64,
+    pub shared: u64,
 }
 
 /// Writes the boot page tables into guest RAM for `nr_vcpus` vCPUs.
@@ -130,7 +130,7 @@ pub fn build_boot_tables(
         roots,
         free,
         table_frames: 0..shared * PAGE,
-        shared_page: shared * PAGE,
+        shared: shared * PAGE,
     })
 }
 
@@ -180,9 +180,9 @@ mod tests {
             assert_eq!(walk(&m, root, layout::MONITOR_BASE), None);
         }
         // The shared page sits between the tables and the free ranges.
-        assert_eq!(b.shared_page, b.table_frames.end);
+        assert_eq!(b.shared, b.table_frames.end);
         // Free ranges: disjoint, aligned, above the tables and the shared page, inside RAM.
-        let mut prev_end = b.shared_page + PAGE;
+        let mut prev_end = b.shared + PAGE;
         for r in &b.free {
             assert_eq!(r.start, prev_end);
             assert!(r.end > r.start && r.start % PAGE == 0 && r.end % PAGE == 0);

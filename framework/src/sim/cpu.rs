@@ -288,7 +288,7 @@ impl<P: SyncPolicy> Cpu for SimCpu<'_, P> {
     }
 
     fn shared_page(&self) -> u64 {
-        self.vm.boot().shared_page
+        self.vm.boot().shared
     }
 
     fn read_u64(&mut self, gva: u64) -> u64 {
