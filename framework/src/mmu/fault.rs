@@ -75,7 +75,9 @@ impl<P: SyncPolicy> Mmu<P> {
             _ => {
                 // The root was zapped (or never allocated after a zap): the backend reloads
                 // it before re-running, as for KVM_REQ_MMU_RELOAD.
-                self.vcpus[v.id].make_request(KVM_REQ_MMU_RELOAD);
+                if let Some(s) = self.vcpus.get(v.id) {
+                    s.make_request(KVM_REQ_MMU_RELOAD);
+                }
                 c.inc(Counter::fault_retries);
                 return Ok(FaultOutcome::Retry);
             }

@@ -251,21 +251,26 @@ impl<P: SyncPolicy> Mmu<P> {
     /// Marks vCPU `id` in guest mode, unless requests are pending: then returns them (taken),
     /// and the backend must handle them ([`KVM_REQ_TLB_FLUSH`]: flush its TLB;
     /// [`KVM_REQ_MMU_RELOAD`]: [`Mmu::kvm_mmu_reload`]) and call again. Returns 0 when entered.
+    ///
+    /// An `id` out of range (no [`VcpuMmu`] of this MMU carries one) is ignored here and in the
+    /// two functions below rather than panicking.
     #[inline]
     pub fn vcpu_enter_guest(&self, id: usize) -> u32 {
-        self.vcpus[id].enter_guest()
+        self.vcpus.get(id).map_or(0, VcpuShared::enter_guest)
     }
 
     /// Marks vCPU `id` outside guest mode (a VM exit).
     #[inline]
     pub fn vcpu_exit_guest(&self, id: usize) {
-        self.vcpus[id].exit_guest()
+        if let Some(v) = self.vcpus.get(id) {
+            v.exit_guest()
+        }
     }
 
     /// Takes vCPU `id`'s pending requests without entering guest mode.
     #[inline]
     pub fn vcpu_take_requests(&self, id: usize) -> u32 {
-        self.vcpus[id].take_requests()
+        self.vcpus.get(id).map_or(0, VcpuShared::take_requests)
     }
 
     /// All counters, summed, with the lock's.
