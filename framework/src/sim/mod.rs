@@ -29,7 +29,10 @@
 //! access in flight.
 //!
 //! Every vCPU boots on its own PML4 with the direct map of guest RAM (see
-//! [`crate::mem::boot`]); `Cpu::free_frames` gives it a disjoint range of guest frames.
+//! [`crate::mem::boot`]); `Cpu::free_frames` gives it a disjoint range of guest frames and
+//! `Cpu::shared_page` the one zeroed page all vCPUs share. Guest RAM is reached through a
+//! seeded gfn → mfn permutation, so a backend bug that used a gpa as a machine address would
+//! read the wrong frame and fail the workloads' self-checks.
 //!
 //! A guest-fatal event (a guest page fault the workload did not expect, an MMU error such as a
 //! bad CR3) stops that vCPU like a triple fault: inside the `Cpu` methods, which cannot return
