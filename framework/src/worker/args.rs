@@ -1,0 +1,52 @@
+//! The worker's command line.
+
+use clap::{Parser, ValueEnum};
+
+/// Which backend runs the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Software vCPUs on threads, walking our shadow tables with a software TLB.
+    Sim,
+    /// Real vCPUs on /dev/kvm, CR3 always one of our shadow roots.
+    Kvm,
+    /// Real vCPUs on /dev/kvm on the guest's own page tables: the host kernel's shadow MMU.
+    Native,
+}
+
+/// `shadowlab-vmm`: runs one workload on one backend with the shadow-sync policy this binary
+/// was built with, and prints one JSON result on stdout.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "shadowlab-vmm", disable_version_flag = true)]
+pub struct WorkerArgs {
+    /// Print the version and the build's policy, then exit.
+    #[arg(long, short = 'V')]
+    pub version: bool,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = Backend::Sim)]
+    pub backend: Backend,
+    /// Workload: cr3-switch, pt-churn, unsync-race, mmap-churn, fault-storm, exit-floor.
+    #[arg(long, required_unless_present = "version")]
+    pub workload: Option<String>,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub vcpus: u32,
+    /// Iterations of the workload's main loop (0: the workload's default).
+    #[arg(long, default_value_t = 0)]
+    pub iters: u64,
+    /// The workload's size knob (0: the workload's default).
+    #[arg(long, default_value_t = 0)]
+    pub size: u64,
+    /// Seed for the workload's data and for the gfn → backing-frame map.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(4..=4096))]
+    pub ram_mib: u64,
+    /// Shadow-page pool size in 4 KiB pages.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
+    pub pool_pages: u64,
+    /// Allow running a build of an UNSOUND policy (the no-barrier negative control).
+    #[arg(long)]
+    pub allow_unsound: bool,
+}
