@@ -4,6 +4,7 @@
 pub mod mem;
 pub mod mmu;
 pub mod policy;
+pub mod worker;
 pub mod rng;
 pub mod sim;
 

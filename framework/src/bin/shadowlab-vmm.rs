@@ -1,8 +1,14 @@
 //! `shadowlab-vmm`: the per-policy worker. Built once per policy; the `shadowlab` driver runs it
-//! as a subprocess and reads its JSON result.
+//! as a subprocess and reads its JSON result from stdout.
+//!
+//! Exit codes: 0 the run passed; 3 the run finished but failed its checks (the JSON result is
+//! still printed, with `verdict: fail` and the guest's message); 2 bad arguments; 1 the VM could
+//! not be set up. Errors are one line on stderr.
 
 use std::process::ExitCode;
 
+use clap::Parser;
+use shadowlab_framework::worker::{self, Verdict, WorkerArgs};
 use shadowlab_framework::BUILD_POLICY;
 
 fn version() -> String {
@@ -19,19 +25,51 @@ fn version() -> String {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version") | Some("-V") => {
-            println!("{}", version());
-            ExitCode::SUCCESS
+    let args = match WorkerArgs::try_parse() {
+        Ok(a) => a,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
         }
-        Some(other) => {
-            eprintln!("shadowlab-vmm: error: unknown argument '{other}' (try --version)");
-            ExitCode::from(2)
+        Err(e) => {
+            // clap's first line names the problem; the usage lines after it are noise here.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("bad arguments");
+            eprintln!(
+                "shadowlab-vmm: {}",
+                first.trim_start_matches("error: ").trim()
+            );
+            return ExitCode::from(2);
         }
-        None => {
-            eprintln!("shadowlab-vmm: error: no arguments (try --version)");
-            ExitCode::from(2)
+    };
+    if args.version {
+        println!("{}", version());
+        return ExitCode::SUCCESS;
+    }
+    match worker::run(&args) {
+        Ok(result) => {
+            match serde_json::to_string(&result) {
+                Ok(json) => println!("{json}"),
+                Err(e) => {
+                    eprintln!("shadowlab-vmm: error: cannot serialise the result: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+            if result.verdict == Verdict::Pass {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "shadowlab-vmm: {} on {:?} FAILED: {}",
+                    result.workload,
+                    result.backend,
+                    result.failure.as_deref().unwrap_or("unknown failure")
+                );
+                ExitCode::from(3)
+            }
+        }
+        Err(e) => {
+            eprintln!("shadowlab-vmm: error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -1,0 +1,173 @@
+//! The worker's JSON result.
+
+use serde::Serialize;
+use shadowlab_policies::{PolicyInfo, Soundness};
+use shadowlab_workloads::{Histogram, Report};
+
+use super::Backend;
+use crate::mmu::MmuStats;
+
+/// The policy a binary was built with, as recorded in every result.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyRecord {
+    /// `rmb-fence`, ...
+    pub name: &'static str,
+    /// The cargo feature that selected it.
+    pub feature: &'static str,
+    /// `sound`, `arch-dependent` or `UNSOUND`.
+    pub soundness: &'static str,
+    /// Whether it reads the unsync flags without the MMU lock.
+    pub lockless: bool,
+}
+
+impl From<PolicyInfo> for PolicyRecord {
+    fn from(p: PolicyInfo) -> Self {
+        PolicyRecord {
+            name: p.name,
+            feature: p.feature(),
+            soundness: match p.soundness {
+                Soundness::Sound => "sound",
+                Soundness::ArchDependent => "arch-dependent",
+                Soundness::Unsound => "UNSOUND",
+            },
+            lockless: p.lockless,
+        }
+    }
+}
+
+/// Did the guest's own self-checks pass?
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every vCPU finished, every self-check passed, and the op count is the one the
+    /// parameters imply.
+    Pass,
+    /// Something failed: see `failure`.
+    Fail,
+}
+
+/// Percentiles of a per-op latency histogram (log2 buckets: each value is a bucket's upper
+/// bound), in the backend's timestamp unit.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct LatencySummary {
+    /// The unit of the values (`ns` on sim, `tsc` in a guest).
+    pub unit: &'static str,
+    /// Samples recorded.
+    pub samples: u64,
+    /// Exact mean.
+    pub mean: Option<u64>,
+    /// Exact minimum.
+    pub min: Option<u64>,
+    /// Exact maximum.
+    pub max: Option<u64>,
+    /// 50th percentile.
+    pub p50: Option<u64>,
+    /// 90th percentile.
+    pub p90: Option<u64>,
+    /// 99th percentile.
+    pub p99: Option<u64>,
+}
+
+impl LatencySummary {
+    /// Summarises `h`.
+    pub fn of(h: &Histogram, unit: &'static str) -> Self {
+        LatencySummary {
+            unit,
+            samples: h.count,
+            mean: h.sum.checked_div(h.count),
+            min: (h.count > 0).then_some(h.min),
+            max: (h.count > 0).then_some(h.max),
+            p50: h.percentile(500),
+            p90: h.percentile(900),
+            p99: h.percentile(990),
+        }
+    }
+}
+
+/// One vCPU's part of the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct VcpuResult {
+    /// The vCPU.
+    pub vcpu: usize,
+    /// Operations done.
+    pub ops: u64,
+    /// Self-checks passed.
+    pub checks: u64,
+    /// PTE stores through the direct map.
+    pub pte_writes: u64,
+    /// CR3 loads.
+    pub cr3_loads: u64,
+    /// INVLPGs.
+    pub invlpgs: u64,
+    /// Full TLB flushes.
+    pub tlb_flushes: u64,
+    /// No-op hypercalls.
+    pub hypercalls: u64,
+    /// Per-op latency.
+    pub latency: LatencySummary,
+}
+
+impl VcpuResult {
+    /// From a workload's report.
+    pub fn of(r: &Report, unit: &'static str) -> Self {
+        VcpuResult {
+            vcpu: r.vcpu,
+            ops: r.ops,
+            checks: r.checks,
+            pte_writes: r.pte_writes,
+            cr3_loads: r.cr3_loads,
+            invlpgs: r.invlpgs,
+            tlb_flushes: r.tlb_flushes,
+            hypercalls: r.hypercalls,
+            latency: LatencySummary::of(&r.latency, unit),
+        }
+    }
+}
+
+/// The parameters the workload ran with (defaults resolved).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ParamsRecord {
+    /// Iterations.
+    pub iters: u64,
+    /// Seed.
+    pub seed: u64,
+    /// Size knob.
+    pub size: u64,
+}
+
+/// One run, as printed on stdout.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerResult {
+    /// `shadowlab-vmm <version>`.
+    pub worker: String,
+    /// The build's policy.
+    pub policy: PolicyRecord,
+    /// The backend.
+    pub backend: Backend,
+    /// The workload's name.
+    pub workload: &'static str,
+    /// vCPUs.
+    pub vcpus: usize,
+    /// The workload's parameters.
+    pub params: ParamsRecord,
+    /// Guest RAM, MiB.
+    pub ram_mib: u64,
+    /// Shadow pool, pages.
+    pub pool_pages: u64,
+    /// Pass or fail.
+    pub verdict: Verdict,
+    /// Why it failed (the guest's message), if it did.
+    pub failure: Option<String>,
+    /// Operations done, all vCPUs.
+    pub ops: u64,
+    /// Operations the parameters imply, all vCPUs.
+    pub expected_ops: u64,
+    /// Wall-clock time of the guest part of the run, ns.
+    pub elapsed_ns: u64,
+    /// Each vCPU's report (empty if the run failed before any finished).
+    pub per_vcpu: Vec<VcpuResult>,
+    /// Every shadow-MMU counter.
+    pub mmu: Option<MmuStats>,
+    /// Backend-specific counters (sim: TLB hits, walks, ...).
+    pub backend_stats: serde_json::Value,
+}

@@ -1,0 +1,118 @@
+//! The `shadowlab-vmm` worker end to end on the sim backend: one JSON result per run, the
+//! verdict and op count from the guest's own checks, one-line errors with exit code 2 for bad
+//! arguments.
+
+use std::process::{Command, Output};
+
+fn worker(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shadowlab-vmm"))
+        .args(args)
+        .output()
+        .expect("the worker runs")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
+    serde_json::from_str(&stdout).expect("stdout is JSON")
+}
+
+#[test]
+fn every_workload_passes_on_sim_with_its_op_count_and_counters() {
+    for (w, vcpus) in [
+        ("cr3-switch", "1"),
+        ("pt-churn", "1"),
+        ("unsync-race", "2"),
+        ("mmap-churn", "1"),
+        ("fault-storm", "2"),
+        ("exit-floor", "1"),
+    ] {
+        let out = worker(&[
+            "--backend", "sim", "--workload", w, "--vcpus", vcpus, "--iters", "50", "--seed",
+            "3",
+        ]);
+        assert!(
+            out.status.success(),
+            "{w}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = json(&out);
+        assert_eq!(r["verdict"], "pass", "{w}: {r}");
+        assert_eq!(r["workload"], w);
+        assert_eq!(r["backend"], "sim");
+        assert_eq!(r["policy"]["name"], shadowlab_framework::BUILD_POLICY.name);
+        assert_eq!(r["vcpus"].as_u64(), Some(vcpus.parse::<u64>().unwrap()));
+        assert_eq!(r["params"]["iters"], 50);
+        assert_eq!(r["params"]["seed"], 3);
+        assert!(r["ops"].as_u64().unwrap() > 0);
+        assert_eq!(r["ops"], r["expected_ops"], "{w}");
+        assert!(r["elapsed_ns"].as_u64().unwrap() > 0);
+        assert_eq!(r["per_vcpu"].as_array().unwrap().len(), vcpus.parse::<usize>().unwrap());
+        let mmu = &r["mmu"];
+        assert!(mmu["faults"].as_u64().unwrap() > 0, "{w}: {mmu}");
+        assert!(mmu["lock"].is_object(), "{w}: lock stats: {mmu}");
+    }
+}
+
+#[test]
+fn the_paths_each_workload_exists_for_are_taken() {
+    let stats = |w: &str, vcpus: &str| {
+        let out = worker(&["--workload", w, "--vcpus", vcpus, "--iters", "100"]);
+        assert!(out.status.success());
+        json(&out)["mmu"].clone()
+    };
+    let cr3 = stats("cr3-switch", "1");
+    assert!(cr3["sync_roots_lockless_skips"].as_u64().unwrap() >= 100, "{cr3}");
+    assert_eq!(cr3["unsyncs"], 0, "{cr3}");
+    let churn = stats("pt-churn", "1");
+    assert!(churn["unsyncs"].as_u64().unwrap() >= 100, "{churn}");
+    assert!(churn["pages_synced"].as_u64().unwrap() >= 100, "{churn}");
+    let race = stats("unsync-race", "2");
+    assert!(race["unsyncs"].as_u64().unwrap() > 0, "{race}");
+    let mmap = stats("mmap-churn", "1");
+    assert!(mmap["pages_zapped"].as_u64().unwrap() > 0, "{mmap}");
+    assert!(mmap["emulated_writes"].as_u64().unwrap() > 0, "{mmap}");
+}
+
+#[test]
+fn bad_arguments_are_one_line_errors_with_exit_code_2() {
+    for args in [
+        &["--workload", "no-such-workload"][..],
+        &["--workload", "pt-churn", "--vcpus", "0"],
+        &["--workload", "pt-churn", "--vcpus", "lots"],
+        &["--workload", "pt-churn", "--backend", "xen"],
+        &["--workload", "pt-churn", "--ram-mib", "1"],
+        &["--backend", "sim"],
+        &["--frobnicate"],
+    ] {
+        let out = worker(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn a_pool_too_small_for_the_roots_is_a_one_line_error_not_a_panic() {
+    let out = worker(&["--workload", "cr3-switch", "--vcpus", "8", "--pool-pages", "16"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_single_vcpu_run_is_deterministic_for_a_seed() {
+    let run = |seed: &str| {
+        let r = json(&worker(&[
+            "--workload", "mmap-churn", "--iters", "40", "--seed", seed,
+        ]));
+        let mut mmu = r["mmu"].clone();
+        // Wall-clock lock wait varies; everything counted must not.
+        mmu.as_object_mut().unwrap().remove("lock");
+        (mmu, r["per_vcpu"][0]["checks"].clone())
+    };
+    assert_eq!(run("11"), run("11"));
+}
