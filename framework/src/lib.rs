@@ -4,8 +4,8 @@
 pub mod mem;
 pub mod mmu;
 pub mod policy;
-pub mod worker;
 pub mod rng;
 pub mod sim;
+pub mod worker;
 
 pub use policy::{BuildPolicy, BUILD_POLICY};

@@ -28,7 +28,15 @@ fn every_workload_passes_on_sim_with_its_op_count_and_counters() {
         ("exit-floor", "1"),
     ] {
         let out = worker(&[
-            "--backend", "sim", "--workload", w, "--vcpus", vcpus, "--iters", "50", "--seed",
+            "--backend",
+            "sim",
+            "--workload",
+            w,
+            "--vcpus",
+            vcpus,
+            "--iters",
+            "50",
+            "--seed",
             "3",
         ]);
         assert!(
@@ -47,7 +55,10 @@ fn every_workload_passes_on_sim_with_its_op_count_and_counters() {
         assert!(r["ops"].as_u64().unwrap() > 0);
         assert_eq!(r["ops"], r["expected_ops"], "{w}");
         assert!(r["elapsed_ns"].as_u64().unwrap() > 0);
-        assert_eq!(r["per_vcpu"].as_array().unwrap().len(), vcpus.parse::<usize>().unwrap());
+        assert_eq!(
+            r["per_vcpu"].as_array().unwrap().len(),
+            vcpus.parse::<usize>().unwrap()
+        );
         let mmu = &r["mmu"];
         assert!(mmu["faults"].as_u64().unwrap() > 0, "{w}: {mmu}");
         assert!(mmu["lock"].is_object(), "{w}: lock stats: {mmu}");
@@ -62,7 +73,10 @@ fn the_paths_each_workload_exists_for_are_taken() {
         json(&out)["mmu"].clone()
     };
     let cr3 = stats("cr3-switch", "1");
-    assert!(cr3["sync_roots_lockless_skips"].as_u64().unwrap() >= 100, "{cr3}");
+    assert!(
+        cr3["sync_roots_lockless_skips"].as_u64().unwrap() >= 100,
+        "{cr3}"
+    );
     assert_eq!(cr3["unsyncs"], 0, "{cr3}");
     let churn = stats("pt-churn", "1");
     assert!(churn["unsyncs"].as_u64().unwrap() >= 100, "{churn}");
@@ -96,7 +110,14 @@ fn bad_arguments_are_one_line_errors_with_exit_code_2() {
 
 #[test]
 fn a_pool_too_small_for_the_roots_is_a_one_line_error_not_a_panic() {
-    let out = worker(&["--workload", "cr3-switch", "--vcpus", "8", "--pool-pages", "16"]);
+    let out = worker(&[
+        "--workload",
+        "cr3-switch",
+        "--vcpus",
+        "8",
+        "--pool-pages",
+        "16",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -107,7 +128,12 @@ fn a_pool_too_small_for_the_roots_is_a_one_line_error_not_a_panic() {
 fn a_single_vcpu_run_is_deterministic_for_a_seed() {
     let run = |seed: &str| {
         let r = json(&worker(&[
-            "--workload", "mmap-churn", "--iters", "40", "--seed", seed,
+            "--workload",
+            "mmap-churn",
+            "--iters",
+            "40",
+            "--seed",
+            seed,
         ]));
         let mut mmu = r["mmu"].clone();
         // Wall-clock lock wait varies; everything counted must not.
