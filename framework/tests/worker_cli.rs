@@ -4,11 +4,39 @@
 
 use std::process::{Command, Output};
 
+/// Runs the worker; a build of the unsound control gets the flag that names it, as the driver
+/// would pass it (its refusal without the flag is tested below).
 fn worker(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shadowlab-vmm"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadowlab-vmm"));
+    cmd.args(args);
+    if UNSOUND_BUILD {
+        cmd.arg("--allow-unsound");
+    }
+    cmd.output().expect("the worker runs")
+}
+
+const UNSOUND_BUILD: bool = matches!(
+    shadowlab_framework::BUILD_POLICY.soundness,
+    shadowlab_policies::Soundness::Unsound
+);
+
+#[test]
+fn an_unsound_build_refuses_to_run_unless_the_flag_names_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shadowlab-vmm"))
+        .args(["--workload", "exit-floor", "--iters", "10"])
         .output()
-        .expect("the worker runs")
+        .expect("the worker runs");
+    if UNSOUND_BUILD {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("UNSOUND") && stderr.contains("--allow-unsound"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    } else {
+        assert!(out.status.success());
+    }
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -73,10 +101,16 @@ fn the_paths_each_workload_exists_for_are_taken() {
         json(&out)["mmu"].clone()
     };
     let cr3 = stats("cr3-switch", "1");
-    assert!(
-        cr3["sync_roots_lockless_skips"].as_u64().unwrap() >= 100,
-        "{cr3}"
-    );
+    // cr3-switch is the lockless fast path: a lockless policy skips the lock on (nearly) every
+    // CR3 load; always-lock takes it every time.
+    let skips = cr3["sync_roots_lockless_skips"].as_u64().unwrap();
+    if shadowlab_framework::BUILD_POLICY.lockless {
+        assert!(skips >= 100, "{cr3}");
+    } else {
+        assert_eq!(skips, 0, "{cr3}");
+        let writes = cr3["lock"]["write_acquisitions"].as_u64().unwrap();
+        assert!(writes >= cr3["sync_roots"].as_u64().unwrap(), "{cr3}");
+    }
     assert_eq!(cr3["unsyncs"], 0, "{cr3}");
     let churn = stats("pt-churn", "1");
     assert!(churn["unsyncs"].as_u64().unwrap() >= 100, "{churn}");

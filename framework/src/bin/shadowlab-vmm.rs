@@ -12,16 +12,15 @@ use shadowlab_framework::worker::{self, Verdict, WorkerArgs};
 use shadowlab_framework::BUILD_POLICY;
 
 fn version() -> String {
-    format!(
-        "shadowlab-vmm {}\npolicy: {}{}",
+    let mut v = format!(
+        "shadowlab-vmm {}\npolicy: {}",
         env!("CARGO_PKG_VERSION"),
-        BUILD_POLICY.name,
-        if BUILD_POLICY.soundness == shadowlab_policies::Soundness::Unsound {
-            " (UNSOUND control build)"
-        } else {
-            ""
-        }
-    )
+        BUILD_POLICY.name
+    );
+    if BUILD_POLICY.soundness == shadowlab_policies::Soundness::Unsound {
+        v.push_str("\nWARNING: UNSOUND negative-control build (runs only with --allow-unsound)");
+    }
+    v
 }
 
 fn main() -> ExitCode {
