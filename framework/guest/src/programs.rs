@@ -1,0 +1,143 @@
+//! What a vCPU runs: the runtime's built-in test programs, or a workload.
+
+use core::arch::asm;
+
+use shadowlab_guest_abi::{native_op, program, status, BootInfo, UcallCmd, UcallMsg};
+use shadowlab_workloads::layout::{DIRECT_MAP_BASE, WORKLOAD_BASE};
+use shadowlab_workloads::Cpu;
+
+use crate::cpu::GuestCpu;
+use crate::{guest_assert, guest_printf, ucall};
+
+/// Runs the program named in the boot-info page on this vCPU; never returns.
+pub fn run(cpu: &mut GuestCpu, info: &BootInfo) -> ! {
+    match info.program {
+        program::NOP_LOOP => nop_loop(cpu, info.iters),
+        program::ASSERT_FAIL => {
+            let two = core::hint::black_box(1u64) + 1;
+            guest_assert!(two == 3, "deliberate failure: 1 + 1 = {two}, not 3");
+            ucall::done([0; 6])
+        }
+        program::TRIPLE_FAULT => triple_fault(cpu),
+        program::BAD_HYPERCALL => bad_hypercalls(info),
+        program::PAGE_FAULT => {
+            // Nothing is mapped in the user half at boot.
+            let v = cpu.read_u64(WORKLOAD_BASE);
+            guest_assert!(false, "read of unmapped {WORKLOAD_BASE:#x} returned {v:#x}");
+            ucall::done([0; 6])
+        }
+        program::SYNC_PRINTF => {
+            ucall::sync(1, cpu.id() as u64);
+            guest_printf!("hello from vCPU {} of {}", cpu.id(), cpu.nr_vcpus());
+            ucall::sync(2, 42);
+            ucall::done([3, 0, 0, 0, 0, 0])
+        }
+        program::SPIN => loop {
+            cpu.pause()
+        },
+        other => {
+            guest_assert!(false, "unknown program {other:#x}");
+            ucall::done([0; 6])
+        }
+    }
+}
+
+/// `iters` no-op hypercalls through the `Cpu` trait, timed with the TSC.
+fn nop_loop(cpu: &mut GuestCpu, iters: u64) -> ! {
+    let t0 = cpu.timestamp();
+    for _ in 0..iters {
+        cpu.hypercall_nop();
+    }
+    let t1 = cpu.timestamp();
+    ucall::done([iters, t0, t1, 0, 0, 0])
+}
+
+/// Points CR3 at a zeroed page, from which nothing (not even the IDT or the stack) is mapped:
+/// the next fetch faults, the #PF cannot be delivered (#DF), nor can the #DF, so the CPU shuts
+/// down (KVM_EXIT_SHUTDOWN).
+fn triple_fault(cpu: &mut GuestCpu) -> ! {
+    let empty = cpu.free_frames().start;
+    let p = (DIRECT_MAP_BASE + empty) as *mut u64;
+    for i in 0..512 {
+        // SAFETY: the frame is ours (first of this vCPU's free frames) and mapped by the direct map.
+        unsafe { p.add(i).write_volatile(0) };
+    }
+    match info_mode_native(cpu) {
+        // SAFETY: deliberately makes every address unmapped; this vCPU never runs again.
+        true => unsafe {
+            asm!("int3", in("eax") native_op::LOAD_CR3, in("rdi") empty, options(noreturn))
+        },
+        false => {
+            let st = ucall::mmu(UcallCmd::LoadCr3, empty);
+            guest_assert!(false, "LOAD_CR3 of an empty root returned status {st}");
+            ucall::done([0; 6])
+        }
+    }
+}
+
+fn info_mode_native(cpu: &GuestCpu) -> bool {
+    cpu.is_native()
+}
+
+/// Issues ucalls with bad arguments; each must fail with a status, never succeed and never
+/// hurt the VMM. Reports the number of checks in DONE.
+fn bad_hypercalls(info: &BootInfo) -> ! {
+    let mut checks = 0u64;
+
+    // A message address beyond guest RAM.
+    if let Ok(gpa) = u32::try_from(info.ram_size + 0x1000) {
+        // SAFETY: no message of ours is at that address.
+        let r = unsafe { ucall::raw_ucall(gpa) };
+        guest_assert!(
+            r.is_none(),
+            "ucall at gpa {gpa:#x} outside RAM was accepted: {r:?}"
+        );
+        checks += 1;
+    }
+
+    // A misaligned message address (it would straddle two messages' worth of memory).
+    let mut msg = UcallMsg::new();
+    msg.cmd = UcallCmd::Sync as u64;
+    let gpa = (&raw mut msg as u64 - DIRECT_MAP_BASE) as u32 + 8;
+    // SAFETY: the VMM must refuse the address; nothing holds a reference to `msg` across it.
+    let r = unsafe { ucall::raw_ucall(gpa) };
+    guest_assert!(r.is_none(), "misaligned ucall at gpa {gpa:#x} was accepted");
+    checks += 1;
+
+    // An unknown command.
+    let mut msg = UcallMsg::new();
+    msg.cmd = 0x999;
+    let st = ucall::ucall(&mut msg);
+    guest_assert!(st == status::BAD_COMMAND, "unknown command: status {st}");
+    checks += 1;
+
+    // Text longer than the buffer.
+    let mut msg = UcallMsg::new();
+    msg.cmd = UcallCmd::Printf as u64;
+    msg.len = 1 << 40;
+    let st = ucall::ucall(&mut msg);
+    guest_assert!(st == status::BAD_ARGUMENT, "oversized printf: status {st}");
+    checks += 1;
+
+    // A CR3 root outside guest RAM, and a misaligned one.
+    for root in [info.ram_size, 1u64 << 51, 0x1234] {
+        let st = ucall::mmu(UcallCmd::LoadCr3, root);
+        guest_assert!(
+            st == status::BAD_ARGUMENT,
+            "LOAD_CR3({root:#x}): status {st}"
+        );
+        checks += 1;
+    }
+
+    // A non-canonical INVLPG address.
+    let st = ucall::mmu(UcallCmd::Invlpg, 0x0000_8000_0000_0000);
+    guest_assert!(
+        st == status::BAD_ARGUMENT,
+        "INVLPG(non-canonical): status {st}"
+    );
+    checks += 1;
+
+    // A well-formed call still works afterwards.
+    ucall::sync(1, checks);
+    ucall::done([checks, 0, 0, 0, 0, 0])
+}

@@ -1,0 +1,150 @@
+//! ucalls: the guest side of the hypercall ABI in `shadowlab-guest-abi`.
+
+use core::arch::asm;
+use core::fmt::{self, Write};
+
+use shadowlab_guest_abi::{status, UcallCmd, UcallMsg, NOP_PORT, UCALL_PORT, UCALL_TEXT_LEN};
+use shadowlab_workloads::layout::DIRECT_MAP_BASE;
+
+/// What the VMM puts in RAX when it refuses the message address itself (outside guest RAM,
+/// misaligned): the message cannot carry a status then.
+const REJECTED: u32 = u32::MAX;
+
+/// Sends the raw ucall `out UCALL_PORT, gpa` and returns the status: the VMM's
+/// [`UcallMsg::ret`], or `BAD_ARGUMENT` when the VMM refused the address.
+///
+/// # Safety
+/// If `gpa` is the address of a message, the caller must not hold a reference to it across the
+/// call (the VMM writes its `ret`).
+pub unsafe fn raw_ucall(gpa: u32) -> Option<u32> {
+    let mut eax = gpa;
+    // SAFETY: port I/O to our own VMM's port; the asm has no memory operands but is not marked
+    // nomem, so it is a compiler barrier: the message's stores happen before the exit and the
+    // VMM's write of `ret` is observed after it.
+    unsafe {
+        asm!("out dx, eax", in("dx") UCALL_PORT, inout("eax") eax, options(nostack, preserves_flags));
+    }
+    if eax == REJECTED && gpa != REJECTED {
+        None
+    } else {
+        Some(eax)
+    }
+}
+
+/// Sends `msg` and returns the status the VMM wrote.
+pub fn ucall(msg: &mut UcallMsg) -> u64 {
+    msg.ret = status::PENDING;
+    let gva = msg as *mut UcallMsg as u64;
+    let gpa = gva.wrapping_sub(DIRECT_MAP_BASE);
+    let Ok(gpa32) = u32::try_from(gpa) else {
+        return status::BAD_ARGUMENT;
+    };
+    // SAFETY: `msg` is a live message in guest RAM reached through the direct map (the stack or
+    // static data), so `gpa` names it; we go through a raw pointer afterwards.
+    match unsafe { raw_ucall(gpa32) } {
+        // SAFETY: `msg` is valid; volatile because the VMM wrote it behind the compiler's back.
+        Some(_) => unsafe { core::ptr::addr_of!(msg.ret).read_volatile() },
+        None => status::BAD_ARGUMENT,
+    }
+}
+
+/// The no-op hypercall: one `out` to [`NOP_PORT`], no message.
+#[inline(always)]
+pub fn nop() {
+    // SAFETY: port I/O to our own VMM's port; no memory is touched.
+    unsafe {
+        asm!("out dx, eax", in("dx") NOP_PORT, in("eax") 0u32, options(nomem, nostack, preserves_flags));
+    }
+}
+
+/// A `fmt::Write` into a message's text, truncating at the end of the buffer.
+struct TextWriter<'a> {
+    msg: &'a mut UcallMsg,
+}
+
+impl Write for TextWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let used = self.msg.len as usize;
+        let room = UCALL_TEXT_LEN - used;
+        let n = s.len().min(room);
+        self.msg.text[used..used + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.msg.len = (used + n) as u64;
+        Ok(())
+    }
+}
+
+/// `GUEST_PRINTF`.
+pub fn printf(args: fmt::Arguments<'_>) {
+    let mut msg = UcallMsg::new();
+    msg.cmd = UcallCmd::Printf as u64;
+    let _ = TextWriter { msg: &mut msg }.write_fmt(args);
+    ucall(&mut msg);
+}
+
+/// `GUEST_SYNC(stage, value)`.
+pub fn sync(stage: u64, value: u64) {
+    let mut msg = UcallMsg::new();
+    msg.cmd = UcallCmd::Sync as u64;
+    msg.args[0] = stage;
+    msg.args[1] = value;
+    ucall(&mut msg);
+}
+
+/// `GUEST_DONE` with the program's results.
+pub fn done(args: [u64; 6]) -> ! {
+    let mut msg = UcallMsg::new();
+    msg.cmd = UcallCmd::Done as u64;
+    msg.args = args;
+    ucall(&mut msg);
+    halt_forever()
+}
+
+/// `GUEST_ASSERT` failure: reports file, line and message; the VMM stops this vCPU.
+pub fn abort(file: &str, line: u32, args: fmt::Arguments<'_>) -> ! {
+    let mut msg = UcallMsg::new();
+    msg.cmd = UcallCmd::Abort as u64;
+    msg.args[0] = u64::from(line);
+    {
+        let mut w = TextWriter { msg: &mut msg };
+        let _ = w.write_str(file);
+    }
+    msg.args[1] = msg.len;
+    let _ = TextWriter { msg: &mut msg }.write_fmt(args);
+    ucall(&mut msg);
+    halt_forever()
+}
+
+/// An MMU hypercall; returns the VMM's status.
+pub fn mmu(cmd: UcallCmd, arg: u64) -> u64 {
+    let mut msg = UcallMsg::new();
+    msg.cmd = cmd as u64;
+    msg.args[0] = arg;
+    ucall(&mut msg)
+}
+
+/// Halts for good (the VMM does not resume a vCPU that reported DONE or an abort; `hlt` exits
+/// to it anyway if it did).
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: hlt has no memory effects; with no interrupt controller it exits to the VMM.
+        unsafe { asm!("hlt", options(nomem, nostack)) };
+    }
+}
+
+/// `GUEST_ASSERT(cond, fmt, ...)`: on failure reports file/line/message and stops the vCPU.
+#[macro_export]
+macro_rules! guest_assert {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            $crate::ucall::abort(file!(), line!(), format_args!($($fmt)+))
+        }
+    };
+}
+
+/// `GUEST_PRINTF(fmt, ...)`.
+#[macro_export]
+macro_rules! guest_printf {
+    ($($fmt:tt)+) => {
+        $crate::ucall::printf(format_args!($($fmt)+))
+    };
+}

@@ -1,0 +1,1 @@
+//! Host detection for `shadowlab info`.

@@ -1,0 +1,150 @@
+//! Real guests on /dev/kvm, `native` mode: the guest runs on its own page tables.
+
+mod common;
+
+use std::time::Duration;
+
+use shadowlab_framework::kvm::{
+    program, run_native, run_native_reports, FailureKind, GuestParams, KvmError, RunConfig,
+};
+
+fn params(program: u64, iters: u64) -> GuestParams {
+    GuestParams {
+        program,
+        iters,
+        seed: 1,
+        params: [0; 4],
+    }
+}
+
+fn config(nr_vcpus: usize) -> RunConfig {
+    RunConfig {
+        nr_vcpus,
+        timeout: Duration::from_secs(30),
+        ..RunConfig::default()
+    }
+}
+
+#[test]
+fn nop_loop_runs_on_one_and_two_vcpus() {
+    require_kvm!("nop_loop_runs_on_one_and_two_vcpus");
+    for n in [1, 2] {
+        let r = run_native(&config(n), &params(program::NOP_LOOP, 1000))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.vcpus.len(), n);
+        for v in &r.vcpus {
+            let d = v.outcome.as_ref().unwrap();
+            assert_eq!(d.ops, 1000);
+            assert_eq!(v.exits.nop, 1000, "every NOP is one exit");
+            assert!(d.tsc_end > d.tsc_start);
+        }
+        assert_eq!(r.total_ops(), 1000 * n as u64);
+        eprintln!(
+            "native nop x{n}: {}",
+            serde_json::to_string(&r.kvm_vcpu_stats.get("exits")).unwrap()
+        );
+    }
+}
+
+#[test]
+fn sync_and_printf_reach_the_vmm() {
+    require_kvm!("sync_and_printf_reach_the_vmm");
+    let r =
+        run_native(&config(2), &params(program::SYNC_PRINTF, 0)).unwrap_or_else(|e| panic!("{e}"));
+    for v in &r.vcpus {
+        assert_eq!(v.syncs, vec![(1, v.vcpu as u64), (2, 42)]);
+        assert_eq!(v.prints, vec![format!("hello from vCPU {} of 2", v.vcpu)]);
+        assert_eq!(v.outcome.as_ref().unwrap().ops, 3);
+    }
+}
+
+#[test]
+fn guest_assert_surfaces_with_file_line_and_message() {
+    require_kvm!("guest_assert_surfaces_with_file_line_and_message");
+    let err = run_native(&config(1), &params(program::ASSERT_FAIL, 0)).unwrap_err();
+    let KvmError::GuestFailed { vcpu, failure } = &err else {
+        panic!("wrong error: {err}")
+    };
+    assert_eq!(*vcpu, 0);
+    match &failure.kind {
+        FailureKind::Assert {
+            file,
+            line,
+            message,
+        } => {
+            assert!(file.ends_with("programs.rs"), "file {file}");
+            assert!(*line > 0);
+            assert_eq!(message, "deliberate failure: 1 + 1 = 2, not 3");
+        }
+        other => panic!("expected an assert, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("GUEST_ASSERT failed at") && text.contains("programs.rs:"),
+        "{text}"
+    );
+    assert!(failure.regs.is_some(), "the report carries registers");
+}
+
+#[test]
+fn triple_fault_is_reported_not_hung() {
+    require_kvm!("triple_fault_is_reported_not_hung");
+    let err = run_native(&config(1), &params(program::TRIPLE_FAULT, 0)).unwrap_err();
+    let KvmError::GuestFailed { failure, .. } = &err else {
+        panic!("wrong error: {err}")
+    };
+    assert_eq!(failure.kind, FailureKind::TripleFault, "{err}");
+    let regs = failure.regs.as_ref().expect("registers");
+    eprintln!("triple fault report: {err}");
+    assert_ne!(regs.cr3, 0);
+}
+
+#[test]
+fn bad_hypercall_arguments_fail_the_call_cleanly() {
+    require_kvm!("bad_hypercall_arguments_fail_the_call_cleanly");
+    let r = run_native(&config(1), &params(program::BAD_HYPERCALL, 0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let v = &r.vcpus[0];
+    let checks = v.outcome.as_ref().unwrap().ops;
+    assert_eq!(checks, 8, "every bad call was refused with a status");
+    assert_eq!(v.exits.ucall_rejected, checks);
+    assert_eq!(
+        v.syncs,
+        vec![(1, checks)],
+        "a good call still works afterwards"
+    );
+}
+
+#[test]
+fn unhandled_page_fault_reports_cr2_and_error_code() {
+    require_kvm!("unhandled_page_fault_reports_cr2_and_error_code");
+    let err = run_native(&config(1), &params(program::PAGE_FAULT, 0)).unwrap_err();
+    let KvmError::GuestFailed { failure, .. } = &err else {
+        panic!("wrong error: {err}")
+    };
+    match &failure.kind {
+        FailureKind::Exception { frame, cr2 } => {
+            assert_eq!(frame.vector, 14);
+            assert_eq!(*cr2, shadowlab_workloads::layout::WORKLOAD_BASE);
+            assert_eq!(frame.error_code & 1, 0, "not-present fault");
+        }
+        other => panic!("expected #PF, got {other:?}: {err}"),
+    }
+}
+
+#[test]
+fn the_watchdog_stops_a_spinning_guest() {
+    require_kvm!("the_watchdog_stops_a_spinning_guest");
+    let cfg = RunConfig {
+        timeout: Duration::from_millis(300),
+        ..config(2)
+    };
+    let r = run_native_reports(&cfg, &params(program::SPIN, 0)).unwrap();
+    for v in &r.vcpus {
+        match &v.outcome {
+            Err(f) => assert_eq!(f.kind, FailureKind::Timeout { millis: 300 }),
+            Ok(d) => panic!("spinning vCPU reported DONE: {d:?}"),
+        }
+        assert!(v.exits.kicked >= 1);
+    }
+}
