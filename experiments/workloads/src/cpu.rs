@@ -39,6 +39,15 @@ pub trait Cpu {
     /// Guest-physical address of the root (PML4) this vCPU booted on. It maps the direct map and
     /// nothing in the user half.
     fn boot_root(&self) -> u64;
+    /// Guest-physical address of one page shared by every vCPU of the run, for cross-vCPU
+    /// coordination (barriers, hand-offs of table addresses). It is in guest RAM (so reachable
+    /// through the direct map), in no vCPU's `free_frames()`, and **zero-filled when the
+    /// workload starts** on any vCPU.
+    ///
+    /// Why the trait needs it: `free_frames()` are disjoint per vCPU and nothing else names a
+    /// location every vCPU knows, so without it multi-vCPU workloads (`unsync-race`) have no
+    /// place to meet. The same page on every vCPU; single-vCPU runs may use it too.
+    fn shared_page(&self) -> u64;
 
     /// Loads 8 bytes at `gva` (naturally aligned), with acquire semantics.
     fn read_u64(&mut self, gva: u64) -> u64;

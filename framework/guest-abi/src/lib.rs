@@ -169,6 +169,45 @@ pub mod done_args {
     pub const TSC_END: usize = 2;
     /// Workload-specific extra value.
     pub const EXTRA: usize = 3;
+    /// Guest-physical address of a workload report block ([`crate::report_words`]), or 0.
+    pub const REPORT_GPA: usize = 4;
+    /// Length in bytes of the report block (`report_words::TOTAL * 8`), or 0.
+    pub const REPORT_LEN: usize = 5;
+}
+
+/// The workload report block a `Done` message may point to: `TOTAL` little-endian u64 words,
+/// 8-byte aligned, in guest RAM (a copy of `shadowlab_workloads::Report`).
+pub mod report_words {
+    /// vCPU index.
+    pub const VCPU: usize = 0;
+    /// Operations.
+    pub const OPS: usize = 1;
+    /// Self-checks passed.
+    pub const CHECKS: usize = 2;
+    /// PTE stores.
+    pub const PTE_WRITES: usize = 3;
+    /// CR3 loads.
+    pub const CR3_LOADS: usize = 4;
+    /// INVLPGs.
+    pub const INVLPGS: usize = 5;
+    /// TLB flushes.
+    pub const TLB_FLUSHES: usize = 6;
+    /// No-op hypercalls.
+    pub const HYPERCALLS: usize = 7;
+    /// Latency samples.
+    pub const LAT_COUNT: usize = 8;
+    /// Sum of latency samples (TSC ticks).
+    pub const LAT_SUM: usize = 9;
+    /// Smallest sample.
+    pub const LAT_MIN: usize = 10;
+    /// Largest sample.
+    pub const LAT_MAX: usize = 11;
+    /// First of the log2 histogram buckets.
+    pub const LAT_BUCKETS: usize = 12;
+    /// Number of histogram buckets.
+    pub const NR_BUCKETS: usize = 65;
+    /// Words in the block.
+    pub const TOTAL: usize = LAT_BUCKETS + NR_BUCKETS;
 }
 
 /// How the guest's MMU operations reach the MMU.

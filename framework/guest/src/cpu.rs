@@ -15,6 +15,7 @@ pub struct GuestCpu {
     nr_vcpus: usize,
     native: bool,
     boot_root: u64,
+    shared: u64,
     free: Range<u64>,
 }
 
@@ -27,6 +28,7 @@ impl GuestCpu {
             nr_vcpus: info.nr_vcpus as usize,
             native: info.mode == GuestMode::Native as u64,
             boot_root: v.boot_root,
+            shared: info.shared_gpa,
             free: v.free_start..v.free_end,
         }
     }
@@ -68,6 +70,10 @@ impl Cpu for GuestCpu {
 
     fn boot_root(&self) -> u64 {
         self.boot_root
+    }
+
+    fn shared_page(&self) -> u64 {
+        self.shared
     }
 
     fn read_u64(&mut self, gva: u64) -> u64 {

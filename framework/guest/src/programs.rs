@@ -2,9 +2,9 @@
 
 use core::arch::asm;
 
-use shadowlab_guest_abi::{native_op, program, status, BootInfo, UcallCmd, UcallMsg};
+use shadowlab_guest_abi::{native_op, program, report_words, status, BootInfo, UcallCmd, UcallMsg, WORKLOAD_BASE_ID};
 use shadowlab_workloads::layout::{DIRECT_MAP_BASE, WORKLOAD_BASE};
-use shadowlab_workloads::Cpu;
+use shadowlab_workloads::{Cpu, Params, Run, Workload};
 
 use crate::cpu::GuestCpu;
 use crate::{guest_assert, guest_printf, ucall};
@@ -35,11 +35,44 @@ pub fn run(cpu: &mut GuestCpu, info: &BootInfo) -> ! {
         program::SPIN => loop {
             cpu.pause()
         },
+        id if id >= WORKLOAD_BASE_ID => run_workload(cpu, info, (id - WORKLOAD_BASE_ID) as usize),
         other => {
             guest_assert!(false, "unknown program {other:#x}");
             ucall::done([0; 6])
         }
     }
+}
+
+/// Runs workload `index` of `Workload::ALL` with the boot-info parameters (iters, seed,
+/// size = params[0]) and reports its `Report` in a DONE; a failed self-check or any other
+/// workload error becomes GUEST_ASSERT with the error's message.
+fn run_workload(cpu: &mut GuestCpu, info: &BootInfo, index: usize) -> ! {
+    let Some(w) = Workload::ALL.get(index) else {
+        ucall::abort(file!(), line!(), format_args!("no workload number {index}"))
+    };
+    let w = w.with_params(Params { iters: info.iters, seed: info.seed, size: info.params[0] });
+    let t0 = cpu.timestamp();
+    let result = w.run(cpu);
+    let t1 = cpu.timestamp();
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => ucall::abort(file!(), line!(), format_args!("workload {} failed on vCPU {}: {e}", w.name(), cpu.id())),
+    };
+    let mut block = [0u64; report_words::TOTAL];
+    block[report_words::VCPU] = r.vcpu as u64;
+    block[report_words::OPS] = r.ops;
+    block[report_words::CHECKS] = r.checks;
+    block[report_words::PTE_WRITES] = r.pte_writes;
+    block[report_words::CR3_LOADS] = r.cr3_loads;
+    block[report_words::INVLPGS] = r.invlpgs;
+    block[report_words::TLB_FLUSHES] = r.tlb_flushes;
+    block[report_words::HYPERCALLS] = r.hypercalls;
+    block[report_words::LAT_COUNT] = r.latency.count;
+    block[report_words::LAT_SUM] = r.latency.sum;
+    block[report_words::LAT_MIN] = r.latency.min;
+    block[report_words::LAT_MAX] = r.latency.max;
+    block[report_words::LAT_BUCKETS..].copy_from_slice(&r.latency.buckets[..report_words::NR_BUCKETS]);
+    ucall::done_with_report([r.ops, t0, t1, 0, 0, 0], &block)
 }
 
 /// `iters` no-op hypercalls through the `Cpu` trait, timed with the TSC.

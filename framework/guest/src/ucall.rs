@@ -90,13 +90,28 @@ pub fn sync(stage: u64, value: u64) {
     ucall(&mut msg);
 }
 
-/// `GUEST_DONE` with the program's results.
+/// `GUEST_DONE` with the program's results. If the VMM refuses them (a bad report block), the
+/// refusal becomes a GUEST_ASSERT.
 pub fn done(args: [u64; 6]) -> ! {
     let mut msg = UcallMsg::new();
     msg.cmd = UcallCmd::Done as u64;
     msg.args = args;
-    ucall(&mut msg);
-    halt_forever()
+    let st = ucall(&mut msg);
+    abort(file!(), line!(), format_args!("GUEST_DONE refused by the VMM: status {st}"))
+}
+
+/// `GUEST_DONE` with a workload report block (`shadowlab_guest_abi::report_words`), which stays
+/// alive (borrowed) across the ucall.
+pub fn done_with_report(mut args: [u64; 6], block: &[u64]) -> ! {
+    use shadowlab_guest_abi::done_args::{REPORT_GPA, REPORT_LEN};
+    args[REPORT_GPA] = (block.as_ptr() as u64).wrapping_sub(DIRECT_MAP_BASE);
+    args[REPORT_LEN] = core::mem::size_of_val(block) as u64;
+    let mut msg = UcallMsg::new();
+    msg.cmd = UcallCmd::Done as u64;
+    msg.args = args;
+    let st = ucall(&mut msg);
+    core::hint::black_box(block);
+    abort(file!(), line!(), format_args!("GUEST_DONE refused by the VMM: status {st}"))
 }
 
 /// `GUEST_ASSERT` failure: reports file, line and message; the VMM stops this vCPU.

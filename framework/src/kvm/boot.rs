@@ -9,10 +9,12 @@
 
 use shadowlab_guest_abi::{
     boot_off, GuestMode, VcpuBoot, BOOT_INFO_GPA, BOOT_MAGIC, GUEST_LOAD_GPA, MAX_VCPUS,
+    WORKLOAD_BASE_ID,
 };
 use shadowlab_workloads::layout::{
     direct_map, pt_index, pte, DIRECT_MAP_BASE, DIRECT_MAP_SLOT, MONITOR_SLOT, PAGE_SIZE,
 };
+use shadowlab_workloads::{Run, Workload};
 
 use super::elf::{ElfError, ElfImage};
 use super::error::KvmError;
@@ -31,6 +33,33 @@ pub struct GuestParams {
     pub seed: u64,
     /// Program-specific parameters.
     pub params: [u64; 4],
+}
+
+impl GuestParams {
+    /// A built-in program of the guest runtime (`shadowlab_guest_abi::program`).
+    pub fn builtin(program: u64, iters: u64) -> Self {
+        Self {
+            program,
+            iters,
+            seed: 0,
+            params: [0; 4],
+        }
+    }
+
+    /// A workload of `shadowlab-workloads`, with its parameters.
+    pub fn workload(w: &Workload) -> Self {
+        let index = Workload::ALL
+            .iter()
+            .position(|x| x.name() == w.name())
+            .unwrap_or(0) as u64;
+        let p = w.params();
+        Self {
+            program: WORKLOAD_BASE_ID + index,
+            iters: p.iters,
+            seed: p.seed,
+            params: [p.size, 0, 0, 0],
+        }
+    }
 }
 
 /// The result of laying out RAM: where each vCPU starts.

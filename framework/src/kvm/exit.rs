@@ -5,7 +5,7 @@ use shadowlab_guest_abi::{status, NOP_PORT, UCALL_PORT};
 
 use super::hooks::{FaultOutcome, MmuHooks};
 use super::monitor::ExceptionFrame;
-use super::report::{Done, ExitCounts, FailureKind};
+use super::report::{Done, ExitCounts, FailureKind, WorkloadReport};
 use super::ucall::{self, GuestPhys, Ucall, UcallError};
 
 /// Page-fault vector.
@@ -166,6 +166,32 @@ where
     }
 }
 
+/// Reads the workload report block of a DONE (`len` 0: none). Refused unless it is exactly
+/// one block, 8-byte aligned, inside guest RAM.
+fn read_report<M: GuestPhys + ?Sized>(
+    mem: &M,
+    gpa: u64,
+    len: u64,
+) -> Result<Option<WorkloadReport>, ()> {
+    use shadowlab_guest_abi::report_words::TOTAL;
+    if len == 0 {
+        return Ok(None);
+    }
+    if len != (TOTAL * 8) as u64
+        || gpa % 8 != 0
+        || gpa.checked_add(len).is_none_or(|e| e > mem.ram_size())
+    {
+        return Err(());
+    }
+    let mut bytes = vec![0u8; TOTAL * 8];
+    mem.read(gpa, &mut bytes).map_err(|_| ())?;
+    let words: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    WorkloadReport::from_words(&words).map(Some).ok_or(())
+}
+
 fn handle_ucall<M, H>(st: &mut ExitState, gpa: u64, mem: &M, mmu: &H) -> ExitAction
 where
     M: GuestPhys + ?Sized,
@@ -211,12 +237,27 @@ where
             line,
             message,
         })),
-        Ucall::Done(args) => ExitAction::Stop(Ok(Done {
-            ops: args[shadowlab_guest_abi::done_args::OPS],
-            tsc_start: args[shadowlab_guest_abi::done_args::TSC_START],
-            tsc_end: args[shadowlab_guest_abi::done_args::TSC_END],
-            args,
-        })),
+        Ucall::Done(args) => {
+            use shadowlab_guest_abi::done_args;
+            let report = match read_report(
+                mem,
+                args[done_args::REPORT_GPA],
+                args[done_args::REPORT_LEN],
+            ) {
+                Ok(r) => r,
+                Err(()) => {
+                    st.exits.ucall_rejected += 1;
+                    return reply(status::BAD_ARGUMENT);
+                }
+            };
+            ExitAction::Stop(Ok(Done {
+                ops: args[done_args::OPS],
+                tsc_start: args[done_args::TSC_START],
+                tsc_end: args[done_args::TSC_END],
+                args,
+                report,
+            }))
+        }
         Ucall::LoadCr3(root) => {
             st.exits.mmu_hypercall += 1;
             match mmu.load_cr3(st.vcpu, root) {
@@ -375,6 +416,55 @@ mod tests {
                 message: "no".into()
             }))
         );
+    }
+
+    #[test]
+    fn done_with_a_report_block_is_read_and_a_bad_one_refused() {
+        use shadowlab_guest_abi::report_words::{OPS, TOTAL};
+        let ram = ram();
+        let mut st = ExitState::new(0);
+        for i in 0..TOTAL as u64 {
+            ram.0
+                .write_u64(0x8000 + 8 * i, if i as usize == OPS { 77 } else { i })
+                .unwrap();
+        }
+        let len = (TOTAL * 8) as u64;
+        put(
+            &ram,
+            0x4000,
+            UcallCmd::Done as u64,
+            [77, 0, 0, 0, 0x8000, len],
+            b"",
+            0,
+        );
+        match handle_exit(&mut st, ucall_exit(0x4000), &ram, &NativeMmu) {
+            ExitAction::Stop(Ok(d)) => assert_eq!(d.report.unwrap().ops, 77),
+            other => panic!("{other:?}"),
+        }
+        for (gpa, len) in [
+            (0x8004, len),
+            (0x8000, len - 8),
+            ((1 << 20) - 16, len),
+            (u64::MAX - 7, len),
+        ] {
+            put(
+                &ram,
+                0x4000,
+                UcallCmd::Done as u64,
+                [1, 0, 0, 0, gpa, len],
+                b"",
+                0,
+            );
+            assert_eq!(
+                handle_exit(&mut st, ucall_exit(0x4000), &ram, &NativeMmu),
+                ExitAction::Resume,
+                "{gpa:#x}"
+            );
+            assert_eq!(
+                ram.0.read_u64(0x4000 + UCALL_OFF_RET).unwrap(),
+                status::BAD_ARGUMENT
+            );
+        }
     }
 
     #[test]

@@ -121,40 +121,53 @@ pub fn stub_code() -> Vec<u8> {
 }
 
 /// The native-op gate: dispatch on EAX (see [`NATIVE_GATE_VECTOR`]).
-fn native_gate() -> [u8; 30] {
+///
+/// LOAD_CR3 first links the monitor into the new root (PML4 slot 511, if it is not already
+/// there) through the direct map, then loads CR3: the guest's own roots do not carry the
+/// monitor (the workloads never copy slot 511), and without it the very `iretq` after the
+/// `mov cr3` could not be fetched. This is the `native` counterpart of the VMM linking the
+/// monitor into every shadow root. It writes a root page once; the host's MMU sees that write
+/// like any guest page-table write.
+fn native_gate() -> [u8; 65] {
     use shadowlab_guest_abi::native_op::{INVLPG, LOAD_CR3};
-    [
-        0x83,
-        0xf8,
-        LOAD_CR3 as u8, // 0:  cmp eax, LOAD_CR3
-        0x74,
-        0x0f, //                   3:  je 20
-        0x83,
-        0xf8,
-        INVLPG as u8, //     5:  cmp eax, INVLPG
-        0x74,
-        0x0f, //                   8:  je 25
-        0x50, //                         10: push rax          (FLUSH_TLB, and anything else)
-        0x0f,
-        0x20,
-        0xd8, //             11: mov rax, cr3
-        0x0f,
-        0x22,
-        0xd8, //             14: mov cr3, rax
-        0x58, //                         17: pop rax
-        0x48,
-        0xcf, //                   18: iretq
-        0x0f,
-        0x22,
-        0xdf, //             20: mov cr3, rdi
-        0x48,
-        0xcf, //                   23: iretq
-        0x0f,
-        0x01,
-        0x3f, //             25: invlpg [rdi]
-        0x48,
-        0xcf, //                   28: iretq
-    ]
+    use shadowlab_workloads::layout::DIRECT_MAP_BASE;
+    let slot =
+        (DIRECT_MAP_BASE + 8 * shadowlab_workloads::layout::MONITOR_SLOT as u64).to_le_bytes();
+    let pml4e = pml4_entry().to_le_bytes();
+    let mut g = [0u8; 65];
+    let parts: [&[u8]; 24] = [
+        &[0x83, 0xf8, LOAD_CR3 as u8], // 0:  cmp eax, LOAD_CR3
+        &[0x74, 0x0f],                 // 3:  je 20
+        &[0x83, 0xf8, INVLPG as u8],   // 5:  cmp eax, INVLPG
+        &[0x74, 0x32],                 // 8:  je 60
+        &[0x50],                       // 10: push rax       (FLUSH_TLB, and anything else)
+        &[0x0f, 0x20, 0xd8],           // 11: mov rax, cr3
+        &[0x0f, 0x22, 0xd8],           // 14: mov cr3, rax
+        &[0x58],                       // 17: pop rax
+        &[0x48, 0xcf],                 // 18: iretq
+        &[0x50],                       // 20: push rax
+        &[0x52],                       // 21: push rdx
+        &[0x48, 0xb8],                 // 22: movabs rax, DIRECT_MAP_BASE + 8 * 511
+        &slot,
+        &[0x48, 0x01, 0xf8], // 32: add rax, rdi   (the root's slot 511 in the direct map)
+        &[0x48, 0xba],       // 35: movabs rdx, pml4_entry()
+        &pml4e,
+        &[0x48, 0x39, 0x10], // 45: cmp [rax], rdx
+        &[0x74, 0x03],       // 48: je 53
+        &[0x48, 0x89, 0x10], // 50: mov [rax], rdx
+        &[0x5a, 0x58],       // 53: pop rdx; pop rax
+        &[0x0f, 0x22, 0xdf], // 55: mov cr3, rdi
+        &[0x48, 0xcf],       // 58: iretq
+        &[0x0f, 0x01, 0x3f], // 60: invlpg [rdi]
+        &[0x48, 0xcf],       // 63: iretq
+    ];
+    let mut at = 0;
+    for p in parts {
+        g[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    debug_assert_eq!(at, g.len());
+    g
 }
 
 fn gdt_code64() -> u64 {
@@ -360,7 +373,7 @@ mod tests {
     fn native_gate_branches_reach_mov_cr3_and_invlpg() {
         let code = stub_code();
         let base = MONITOR_BASE + STUBS_OFF + NATIVE_OFF;
-        let gate = &code[NATIVE_OFF as usize..NATIVE_OFF as usize + 30];
+        let gate = &code[NATIVE_OFF as usize..NATIVE_OFF as usize + native_gate().len()];
         let mut d = Decoder::with_ip(64, gate, base, DecoderOptions::NONE);
         let all: Vec<_> = std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
         let at = |ip: u64| all.iter().find(|i| i.ip() == ip).map(|i| i.mnemonic());
@@ -369,12 +382,30 @@ mod tests {
             .filter(|i| i.mnemonic() == Mnemonic::Je)
             .map(|i| i.near_branch_target())
             .collect();
-        assert_eq!(at(je[0]), Some(Mnemonic::Mov), "LOAD_CR3 branch");
-        assert_eq!(
-            all.iter().find(|i| i.ip() == je[0]).unwrap().op0_register(),
-            iced_x86::Register::CR3
-        );
+        assert_eq!(at(je[0]), Some(Mnemonic::Push), "LOAD_CR3 branch");
+        let mov_cr3: Vec<_> = all
+            .iter()
+            .filter(|i| {
+                i.mnemonic() == Mnemonic::Mov && i.op0_register() == iced_x86::Register::CR3
+            })
+            .map(|i| i.op1_register())
+            .collect();
+        assert_eq!(mov_cr3, [iced_x86::Register::RAX, iced_x86::Register::RDI]);
         assert_eq!(at(je[1]), Some(Mnemonic::Invlpg), "INVLPG branch");
+        // The skip over the store lands on the pops.
+        assert_eq!(at(je[2]), Some(Mnemonic::Pop));
+        let imms: Vec<u64> = all
+            .iter()
+            .filter(|i| i.code() == iced_x86::Code::Mov_r64_imm64)
+            .map(|i| i.immediate64())
+            .collect();
+        assert_eq!(
+            imms,
+            [
+                shadowlab_workloads::layout::DIRECT_MAP_BASE + 511 * 8,
+                pml4_entry()
+            ]
+        );
         assert_eq!(
             all.iter()
                 .filter(|i| i.mnemonic() == Mnemonic::Iretq)

@@ -199,6 +199,83 @@ pub struct Done {
     pub tsc_end: u64,
     /// All six DONE arguments.
     pub args: [u64; 6],
+    /// The workload's own report, when the program was a workload.
+    pub report: Option<WorkloadReport>,
+}
+
+/// A workload's report (`shadowlab_workloads::Report`) as the guest sent it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WorkloadReport {
+    /// vCPU that ran it.
+    pub vcpu: u64,
+    /// Operations.
+    pub ops: u64,
+    /// Self-checks passed.
+    pub checks: u64,
+    /// PTE stores through the direct map.
+    pub pte_writes: u64,
+    /// CR3 loads.
+    pub cr3_loads: u64,
+    /// INVLPGs.
+    pub invlpgs: u64,
+    /// TLB flushes.
+    pub tlb_flushes: u64,
+    /// No-op hypercalls.
+    pub hypercalls: u64,
+    /// Per-op latency samples (TSC ticks).
+    pub latency_count: u64,
+    /// Their sum.
+    pub latency_sum: u64,
+    /// The smallest.
+    pub latency_min: u64,
+    /// The largest.
+    pub latency_max: u64,
+    /// log2 buckets: bucket b counts samples in `[2^(b-1), 2^b)` (bucket 0: zero).
+    pub latency_buckets: Vec<u64>,
+}
+
+impl WorkloadReport {
+    /// From the report block's words (`shadowlab_guest_abi::report_words`).
+    pub fn from_words(w: &[u64]) -> Option<Self> {
+        use shadowlab_guest_abi::report_words as r;
+        if w.len() != r::TOTAL {
+            return None;
+        }
+        Some(Self {
+            vcpu: w[r::VCPU],
+            ops: w[r::OPS],
+            checks: w[r::CHECKS],
+            pte_writes: w[r::PTE_WRITES],
+            cr3_loads: w[r::CR3_LOADS],
+            invlpgs: w[r::INVLPGS],
+            tlb_flushes: w[r::TLB_FLUSHES],
+            hypercalls: w[r::HYPERCALLS],
+            latency_count: w[r::LAT_COUNT],
+            latency_sum: w[r::LAT_SUM],
+            latency_min: w[r::LAT_MIN],
+            latency_max: w[r::LAT_MAX],
+            latency_buckets: w[r::LAT_BUCKETS..].to_vec(),
+        })
+    }
+
+    /// The latency at quantile `q` (0..=1), as the upper bound of its log2 bucket.
+    pub fn latency_quantile(&self, q: f64) -> Option<u64> {
+        let target = ((self.latency_count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (b, n) in self.latency_buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return Some(if b == 0 {
+                    0
+                } else if b >= 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << b) - 1
+                });
+            }
+        }
+        None
+    }
 }
 
 /// One vCPU's report.

@@ -1,0 +1,90 @@
+//! `exit-floor`: a no-op hypercall in a loop; the backend's round-trip floor.
+
+use super::{check_word, Run};
+use crate::cpu::{CheckFailed, Cpu};
+use crate::error::WorkloadError;
+use crate::frames::FrameAlloc;
+use crate::layout::direct_map;
+use crate::report::{Counted, Params, Report};
+use crate::rng::pattern;
+
+/// `exit-floor`: `iters` times `cpu.hypercall_nop()`. `size` = hypercalls per latency sample
+/// (0 or 1, the default: each hypercall timed alone; `k`: one timestamp per `k` hypercalls and
+/// one sample of the batch's mean per hypercall, so that timestamps add next to nothing when
+/// comparing with a bare `KVM_RUN` loop; a last partial batch gets its own mean).
+///
+/// One op = one hypercall; `ops == iters`. Self-checks: the timestamps never go backwards
+/// across a round trip, and a word stamped in guest memory before the loop still reads back
+/// after it (the VMM's exit path does not disturb guest RAM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitFloor {
+    /// `size` = hypercalls per latency sample.
+    pub params: Params,
+}
+
+impl ExitFloor {
+    /// Default parameters.
+    pub const DEFAULT: Params = Params {
+        iters: 100_000,
+        seed: 1,
+        size: 0,
+    };
+}
+
+impl Run for ExitFloor {
+    fn name(&self) -> &'static str {
+        "exit-floor"
+    }
+
+    fn params(&self) -> Params {
+        self.params
+    }
+
+    fn expected_ops(&self) -> u64 {
+        self.params.iters
+    }
+
+    fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+        let p = self.params;
+        let mut cpu = Counted::new(cpu);
+        let cpu = &mut cpu;
+        let mut report = Report::default();
+        let mut frames = FrameAlloc::for_cpu(cpu);
+        let frame = frames.alloc(cpu)?;
+        let value = pattern(p.seed, frame, 0);
+        cpu.write_u64(direct_map(frame), value);
+
+        let stride = p.size.max(1);
+        let mut t = cpu.timestamp();
+        let mut done = 0;
+        while done < p.iters {
+            let batch = stride.min(p.iters - done);
+            for _ in 0..batch {
+                cpu.hypercall_nop();
+            }
+            let now = cpu.timestamp();
+            if now < t {
+                return Err(CheckFailed {
+                    what: "exit-floor: timestamp went backwards across a hypercall",
+                    gva: 0,
+                    expected: t,
+                    found: now,
+                }
+                .into());
+            }
+            report.latency.record((now - t) / batch);
+            t = now;
+            done += batch;
+            report.ops += batch;
+        }
+        check_word(
+            cpu,
+            &mut report,
+            "exit-floor: guest memory after the hypercalls",
+            direct_map(frame),
+            value,
+        )?;
+        cpu.fill(&mut report);
+        Ok(report)
+    }
+}

@@ -1,0 +1,132 @@
+//! `fault-storm`: first touches of many freshly mapped pages; the fault path.
+
+use super::{check_page, check_word, require, stamp, Run};
+use crate::cpu::Cpu;
+use crate::error::WorkloadError;
+use crate::frames::FrameAlloc;
+use crate::layout::{direct_map, PAGE_SIZE, WORKLOAD_BASE};
+use crate::paging::{Flags, PageTables};
+use crate::report::{Counted, Params, Report};
+use crate::rng::{pattern, Rng};
+use crate::tlb::TlbGather;
+
+/// Most pages per round.
+pub const MAX_PAGES: u64 = 4096;
+
+/// `fault-storm`: `iters` rounds over `size` pages (1..=[`MAX_PAGES`], default 256): map every
+/// page to a freshly stamped frame (not-present to present: no invalidation, so the VMM first
+/// hears of the page at the touch), touch each page once, timing each touch, then unmap them
+/// all and invalidate. The tables stay; only leaves come and go, so every touch is a first
+/// touch of a translation the shadow MMU has not built yet.
+///
+/// A touch is a read (checked against the frame's stamp) or, chosen at random by the seed, a
+/// store (checked through the direct map to have landed in the frame).
+///
+/// One op = one first touch; `ops == iters * size`. Page `i` alternates between two frames of
+/// its own, so a stale translation reads the previous round's stamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultStorm {
+    /// `size` = pages per round.
+    pub params: Params,
+}
+
+impl FaultStorm {
+    /// Default parameters.
+    pub const DEFAULT: Params = Params {
+        iters: 100,
+        seed: 1,
+        size: 256,
+    };
+}
+
+impl Run for FaultStorm {
+    fn name(&self) -> &'static str {
+        "fault-storm"
+    }
+
+    fn params(&self) -> Params {
+        self.params
+    }
+
+    fn expected_ops(&self) -> u64 {
+        self.params.iters.saturating_mul(self.params.size)
+    }
+
+    fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+        let p = self.params;
+        require(
+            (1..=MAX_PAGES).contains(&p.size),
+            "fault-storm: size (pages) must be 1..=4096",
+        )?;
+        let n = p.size;
+        let mut cpu = Counted::new(cpu);
+        let cpu = &mut cpu;
+        let mut report = Report::default();
+        let mut frames = FrameAlloc::for_cpu(cpu);
+        let boot = cpu.boot_root();
+        let va = |i: u64| WORKLOAD_BASE + i * PAGE_SIZE;
+        let base = frames.alloc_contiguous(2 * n)?;
+        let frame = |i: u64, par: u64| base + (par * n + i) * PAGE_SIZE;
+
+        let mut pt = PageTables::new_root(cpu, &mut frames, boot, &[])?;
+        cpu.load_cr3(pt.root());
+        let mut rng = Rng::new(p.seed);
+        let mut tlb = TlbGather::new();
+        for round in 0..p.iters {
+            let par = round % 2;
+            for i in 0..n {
+                stamp(cpu, frame(i, par), pattern(p.seed, frame(i, par), round));
+                pt.map(cpu, &mut frames, va(i), frame(i, par), Flags::RW)?;
+            }
+            for i in 0..n {
+                let f = frame(i, par);
+                let want = pattern(p.seed, f, round);
+                if rng.next_u64() & 1 == 0 {
+                    let t0 = cpu.timestamp();
+                    let found = cpu.read_u64(va(i));
+                    let t1 = cpu.timestamp();
+                    report.latency.record(t1.wrapping_sub(t0));
+                    if found != want {
+                        return Err(crate::cpu::CheckFailed {
+                            what: "fault-storm first-touch read",
+                            gva: va(i),
+                            expected: want,
+                            found,
+                        }
+                        .into());
+                    }
+                    report.checks += 1;
+                    check_page(
+                        cpu,
+                        &mut report,
+                        "fault-storm read after first touch",
+                        va(i),
+                        want,
+                    )?;
+                } else {
+                    let value = want ^ round.rotate_left(17) ^ i;
+                    let t0 = cpu.timestamp();
+                    cpu.write_u64(va(i) + 8, value);
+                    let t1 = cpu.timestamp();
+                    report.latency.record(t1.wrapping_sub(t0));
+                    check_word(
+                        cpu,
+                        &mut report,
+                        "fault-storm first-touch store lands in the frame",
+                        direct_map(f + 8),
+                        value,
+                    )?;
+                }
+                report.ops += 1;
+            }
+            for i in 0..n {
+                pt.unmap(cpu, va(i), &mut tlb)?;
+            }
+            tlb.finish(cpu, &mut frames)?;
+        }
+        report.pte_writes = pt.pte_writes();
+        cpu.load_cr3(boot);
+        cpu.fill(&mut report);
+        Ok(report)
+    }
+}

@@ -1,0 +1,366 @@
+//! Every workload on the mock machine: perfect CPU, real TLB, and broken TLBs.
+
+extern crate std;
+
+use std::vec::Vec;
+
+use super::*;
+use crate::mock::{Machine, TlbMode};
+
+fn params(iters: u64, size: u64) -> Params {
+    Params {
+        iters,
+        seed: 0x5eed,
+        size,
+    }
+}
+
+fn workload(name: &str, iters: u64, size: u64) -> Workload {
+    Workload::from_name(name)
+        .expect("known workload")
+        .with_params(params(iters, size))
+}
+
+/// Runs `w` on a fresh machine and returns every vCPU's report, failing on any error.
+/// Every report's `ops` is checked against [`Run::expected_ops`].
+fn run_ok(w: Workload, vcpus: usize, mode: TlbMode) -> Vec<Report> {
+    let m = Machine::new(64, vcpus);
+    let reports: Vec<Report> = m
+        .run(w, mode)
+        .into_iter()
+        .enumerate()
+        .map(|(id, r)| r.unwrap_or_else(|e| panic!("{} vCPU {id} ({mode:?}): {e}", w.name())))
+        .collect();
+    for (id, r) in reports.iter().enumerate() {
+        assert_eq!((r.vcpu, r.ops), (id, w.expected_ops()), "{}", w.name());
+    }
+    reports
+}
+
+/// Runs `w` and returns the first self-check failure.
+fn run_check_failed(w: Workload, vcpus: usize, mode: TlbMode) -> CheckFailed {
+    let m = Machine::new(64, vcpus);
+    let results = m.run(w, mode);
+    results
+        .iter()
+        .find_map(|r| match r {
+            Err(WorkloadError::Check(c)) => Some(*c),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{} on a {mode:?} CPU passed: {results:?}", w.name()))
+}
+
+// Real first: a workload missing an invalidation fails its self-check there.
+const GOOD: [TlbMode; 2] = [TlbMode::Real, TlbMode::None];
+
+#[test]
+fn names_round_trip() {
+    assert_eq!(
+        Workload::names(),
+        [
+            "cr3-switch",
+            "pt-churn",
+            "unsync-race",
+            "mmap-churn",
+            "fault-storm",
+            "exit-floor"
+        ]
+    );
+    for w in Workload::ALL {
+        assert_eq!(Workload::from_name(w.name()), Some(w));
+        assert_eq!(w.default_params(), w.params());
+        let p = params(3, 5);
+        let w2 = w.with_params(p);
+        assert_eq!(
+            (w2.name(), w2.params(), w2.default_params()),
+            (w.name(), p, w.params())
+        );
+    }
+    assert_eq!(Workload::from_name("pt_churn"), None);
+    assert_eq!(Workload::from_name(""), None);
+}
+
+#[test]
+fn cr3_switch() {
+    for mode in GOOD {
+        let [r] = run_ok(workload("cr3-switch", 500, 8), 1, mode)[..] else {
+            panic!()
+        };
+        assert_eq!(r.ops, 500);
+        assert_eq!(r.cr3_loads, 8 + 500 + 1); // warm-up, loop, back to boot
+        assert_eq!(r.checks, 2 * (8 + 500));
+        assert_eq!((r.invlpgs, r.tlb_flushes), (0, 0));
+        // 8 roots: the direct-map entry, 3 tables and the leaf each.
+        assert_eq!(r.pte_writes, 8 * 5);
+        assert_eq!(r.latency.count, 500);
+    }
+}
+
+#[test]
+fn pt_churn() {
+    for mode in GOOD {
+        for size in [1, 40] {
+            let [r] = run_ok(workload("pt-churn", 30, size), 1, mode)[..] else {
+                panic!()
+            };
+            assert_eq!(r.ops, 30);
+            // Setup: direct-map entry + 3 tables + `size` leaves; then 2 leaf writes per page.
+            assert_eq!(r.pte_writes, 1 + 3 + size + 2 * size * 30);
+            // 2 words per page after setup, protect and remap, plus the store check.
+            assert_eq!(r.checks, 2 * size + 30 * 5 * size);
+            if size <= crate::tlb::FLUSH_CEILING as u64 {
+                assert_eq!((r.invlpgs, r.tlb_flushes), (2 * size * 30, 0));
+            } else {
+                assert_eq!((r.invlpgs, r.tlb_flushes), (0, 2 * 30));
+            }
+            assert_eq!(r.latency.count, 30);
+        }
+    }
+}
+
+#[test]
+fn pt_churn_independent_on_each_vcpu() {
+    let reports = run_ok(workload("pt-churn", 20, 16), 2, TlbMode::Real);
+    for (id, r) in reports.iter().enumerate() {
+        assert_eq!((r.vcpu, r.ops), (id, 20));
+    }
+}
+
+#[test]
+fn unsync_race_one_vcpu_uses_two_roots() {
+    for mode in GOOD {
+        let [r] = run_ok(workload("unsync-race", 50, 4), 1, mode)[..] else {
+            panic!()
+        };
+        assert_eq!(r.ops, 50);
+        // Setup: A's direct-map entry, 3 tables, 4 leaves; B: direct-map and the shared slot;
+        // then 4 leaves per round.
+        assert_eq!(r.pte_writes, 1 + 3 + 4 + 2 + 4 * 50);
+        assert_eq!(r.cr3_loads, 1 + 2 * 50 + 1);
+        assert_eq!(r.checks, 2 * 4 * (1 + 50));
+    }
+}
+
+#[test]
+fn unsync_race_multi_vcpu() {
+    for vcpus in [2, 3] {
+        for mode in GOOD {
+            let reports = run_ok(workload("unsync-race", 200, 4), vcpus, mode);
+            let leader = &reports[0];
+            assert_eq!(leader.ops, 200);
+            // Own slots after setup and each round, every writer slot each round.
+            assert_eq!(
+                leader.checks,
+                2 * 4 * (1 + 200) + 2 * 4 * (vcpus as u64 - 1) * 200
+            );
+            // Two flushes per round: after its own writes and after the writers'.
+            assert_eq!(leader.tlb_flushes, 2 * 200);
+            for w in &reports[1..] {
+                assert_eq!((w.ops, w.pte_writes, w.checks), (200, 4 * 200, 0));
+            }
+        }
+    }
+}
+
+#[test]
+fn mmap_churn_frees_and_reuses_frames() {
+    for mode in GOOD {
+        // 4 MiB of RAM: ~900 frames. Without freeing, 300 iterations of 32 pages + 2 tables
+        // would need ~10000.
+        let m = Machine::new(4, 1);
+        let r = m
+            .run(workload("mmap-churn", 300, 32), mode)
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.ops, 300);
+        assert_eq!(r.checks, 300 * 32 * 2);
+        // One flush per munmap (tables were unlinked).
+        assert_eq!(r.tlb_flushes, 300);
+    }
+}
+
+#[test]
+fn fault_storm() {
+    for mode in GOOD {
+        let [r] = run_ok(workload("fault-storm", 10, 100), 1, mode)[..] else {
+            panic!()
+        };
+        assert_eq!(r.ops, 10 * 100);
+        assert_eq!(r.latency.count, 10 * 100);
+        // Per round: 100 maps and 100 unmaps; setup: direct-map entry + 3 tables.
+        assert_eq!(r.pte_writes, 4 + 10 * 200);
+        assert_eq!(r.tlb_flushes, 10);
+        // A read touch checks 3 words, a store touch 1; both kinds happen.
+        assert!(
+            r.checks > 10 * 100 && r.checks < 3 * 10 * 100,
+            "{}",
+            r.checks
+        );
+    }
+}
+
+#[test]
+fn exit_floor() {
+    let m = Machine::new(4, 2);
+    let reports: Vec<_> = m
+        .run(workload("exit-floor", 1000, 0), TlbMode::None)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for r in &reports {
+        assert_eq!(
+            (r.ops, r.hypercalls, r.checks, r.latency.count),
+            (1000, 1000, 1, 1000)
+        );
+    }
+    assert_eq!(m.hypercalls(), 2000);
+
+    // One latency sample per 64 hypercalls, the last batch partial.
+    let m = Machine::new(4, 1);
+    let r = m
+        .run(workload("exit-floor", 1000, 64), TlbMode::None)
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.ops, r.hypercalls, r.latency.count),
+        (1000, 1000, 1000_u64.div_ceil(64))
+    );
+}
+
+#[test]
+fn every_workload_on_two_vcpus_and_merged_report() {
+    for w in Workload::ALL {
+        let p = w.params();
+        let w = w.with_params(Params {
+            iters: p.iters.min(20),
+            ..p
+        });
+        let reports = run_ok(w, 2, TlbMode::Real);
+        let mut total = reports[0];
+        total.merge(&reports[1]);
+        assert_eq!(total.ops, 2 * w.expected_ops(), "{}", w.name());
+        assert_eq!(
+            total.latency.count,
+            reports[0].latency.count + reports[1].latency.count
+        );
+        assert_eq!(w.multi_vcpu(), w.name() == "unsync-race");
+    }
+}
+
+#[test]
+fn same_seed_same_guest_operations() {
+    let a = run_ok(workload("mmap-churn", 50, 8), 1, TlbMode::None);
+    let b = run_ok(workload("mmap-churn", 50, 8), 1, TlbMode::None);
+    assert_eq!(
+        (a[0].pte_writes, a[0].checks),
+        (b[0].pte_writes, b[0].checks)
+    );
+}
+
+#[test]
+fn bad_params_are_errors() {
+    let m = Machine::new(4, 1);
+    for (name, size) in [
+        ("cr3-switch", 1),
+        ("cr3-switch", 65),
+        ("pt-churn", 0),
+        ("pt-churn", 4097),
+        ("unsync-race", 0),
+        ("unsync-race", 513),
+        ("mmap-churn", 0),
+        ("mmap-churn", 513),
+        ("fault-storm", 0),
+        ("fault-storm", 4097),
+    ] {
+        let r = m.run(workload(name, 1, size), TlbMode::None).pop().unwrap();
+        assert!(
+            matches!(r, Err(WorkloadError::BadParams { .. })),
+            "{name} size {size}: {r:?}"
+        );
+    }
+    // 2 vCPUs x 300 slots do not fit one page table.
+    let m = Machine::new(4, 2);
+    for r in m.run(workload("unsync-race", 1, 300), TlbMode::None) {
+        assert!(matches!(r, Err(WorkloadError::BadParams { .. })), "{r:?}");
+    }
+}
+
+#[test]
+fn out_of_frames_is_an_error() {
+    // 1 MiB of RAM cannot hold 4096 pages twice.
+    let m = Machine::new(1, 1);
+    let r = m
+        .run(workload("pt-churn", 1, 4096), TlbMode::None)
+        .pop()
+        .unwrap();
+    assert_eq!(
+        r,
+        Err(WorkloadError::PageTable(crate::error::PtError::OutOfFrames))
+    );
+}
+
+// The self-checks have teeth: CPUs that keep stale translations fail them.
+
+#[test]
+fn stale_tlb_fails_pt_churn() {
+    for size in [4, 40] {
+        let c = run_check_failed(
+            workload("pt-churn", 5, size),
+            1,
+            TlbMode::IgnoreInvalidation,
+        );
+        assert!(c.what.starts_with("pt-churn read after"), "{c:?}");
+        assert_ne!(c.expected, c.found);
+    }
+}
+
+#[test]
+fn stale_tlb_fails_unsync_race() {
+    for vcpus in [2, 3] {
+        let m = Machine::new(64, vcpus);
+        let results = m.run(workload("unsync-race", 50, 4), TlbMode::IgnoreInvalidation);
+        let Err(WorkloadError::Check(c)) = results[0] else {
+            panic!("{results:?}")
+        };
+        assert!(c.what.starts_with("unsync-race"), "{c:?}");
+        // The writers were released, not left spinning.
+        for r in &results[1..] {
+            assert_eq!(*r, Err(WorkloadError::PeerFailed));
+        }
+    }
+    // One vCPU relies on the CR3 load, so it takes a CPU that ignores that too.
+    let c = run_check_failed(workload("unsync-race", 50, 4), 1, TlbMode::IgnoreAll);
+    assert!(c.what.starts_with("unsync-race"), "{c:?}");
+}
+
+#[test]
+fn stale_tlb_fails_cr3_switch() {
+    let c = run_check_failed(workload("cr3-switch", 100, 8), 1, TlbMode::IgnoreAll);
+    assert!(c.what.starts_with("cr3-switch"), "{c:?}");
+}
+
+#[test]
+fn stale_tlb_fails_fault_storm_and_mmap_churn() {
+    let c = run_check_failed(
+        workload("fault-storm", 5, 16),
+        1,
+        TlbMode::IgnoreInvalidation,
+    );
+    assert!(c.what.starts_with("fault-storm"), "{c:?}");
+    let c = run_check_failed(
+        workload("mmap-churn", 100, 16),
+        1,
+        TlbMode::IgnoreInvalidation,
+    );
+    assert!(c.what.starts_with("mmap-churn"), "{c:?}");
+}
+
+#[test]
+fn unsync_race_stress_oversubscribed() {
+    // More vCPU threads than this machine's 2 cores: the barrier and the DONE hand-off under
+    // preemption, over many rounds.
+    let reports = run_ok(workload("unsync-race", 20_000, 8), 4, TlbMode::Real);
+    assert_eq!(reports[0].checks, 2 * 8 * (1 + 20_000) + 2 * 8 * 3 * 20_000);
+}
