@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use shadowlab_framework::kvm::{
-    program, run_native, run_native_reports, FailureKind, GuestParams, KvmError, RunConfig,
+    program, run_native, run_native_reports, FailureKind, FaultInjection, GuestParams, KvmError,
+    RunConfig,
 };
 
 fn params(program: u64, iters: u64) -> GuestParams {
@@ -89,7 +90,12 @@ fn guest_assert_surfaces_with_file_line_and_message() {
 #[test]
 fn triple_fault_is_reported_not_hung() {
     require_kvm!("triple_fault_is_reported_not_hung");
-    let err = run_native(&config(1), &params(program::TRIPLE_FAULT, 0)).unwrap_err();
+    // The guest cannot break the monitor's IDT from CPL3, so the test boots it without one.
+    let cfg = RunConfig {
+        inject: Some(FaultInjection::NoIdt),
+        ..config(1)
+    };
+    let err = run_native(&cfg, &params(program::UD2, 0)).unwrap_err();
     let KvmError::GuestFailed { failure, .. } = &err else {
         panic!("wrong error: {err}")
     };
@@ -97,6 +103,23 @@ fn triple_fault_is_reported_not_hung() {
     let regs = failure.regs.as_ref().expect("registers");
     eprintln!("triple fault report: {err}");
     assert_ne!(regs.cr3, 0);
+    assert!(err.to_string().contains("triple fault"));
+}
+
+#[test]
+fn guest_exception_is_reported_with_its_vector() {
+    require_kvm!("guest_exception_is_reported_with_its_vector");
+    let err = run_native(&config(1), &params(program::UD2, 0)).unwrap_err();
+    let KvmError::GuestFailed { failure, .. } = &err else {
+        panic!("wrong error: {err}")
+    };
+    match &failure.kind {
+        FailureKind::Exception { frame, .. } => {
+            assert_eq!(frame.vector, 6, "#UD");
+            assert_eq!(frame.cs & 3, 3, "raised at CPL3");
+        }
+        other => panic!("expected #UD, got {other:?}"),
+    }
 }
 
 #[test]
@@ -189,5 +212,25 @@ fn every_workload_runs_on_native_with_one_and_two_vcpus() {
                     .collect::<Vec<_>>()
             );
         }
+    }
+}
+
+/// Both hypercall paths work: port I/O (on this kind of host, a #GP the VMM emulates) and the
+/// MMIO window, including the refusal of a bad message address (RAX = u32::MAX on each path).
+#[test]
+fn both_hypercall_paths_carry_ucalls_and_refusals() {
+    require_kvm!("both_hypercall_paths_carry_ucalls_and_refusals");
+    use shadowlab_framework::kvm::HypercallPath;
+    for path in [HypercallPath::PortIo, HypercallPath::Mmio] {
+        let cfg = RunConfig {
+            hypercall: path,
+            ..config(1)
+        };
+        let r = run_native(&cfg, &params(program::NOP_LOOP, 200))
+            .unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        assert_eq!(r.vcpus[0].exits.nop, 200, "{path:?}");
+        let r = run_native(&cfg, &params(program::BAD_HYPERCALL, 0))
+            .unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        assert_eq!(r.vcpus[0].outcome.as_ref().unwrap().ops, 8, "{path:?}");
     }
 }

@@ -14,6 +14,15 @@
 #![no_std]
 #![warn(missing_docs)]
 
+/// Guest-physical page of the MMIO hypercall window (no memslot behind it, so a store there
+/// exits to the VMM as KVM_EXIT_MMIO). A store of 4 bytes at `HYPERCALL_MMIO_GPA + port` is the
+/// hypercall `out port, eax`. Used instead of port I/O when the VMM says so in
+/// [`BootInfo::hypercall_mmio`]: on this machine's software-virtualised host a CPL3 `out` is
+/// refused (#GP) despite IOPL=3, and reflecting that #GP through the monitor costs a dozen
+/// emulated instructions, while an MMIO store costs one exit. The guest reaches the window
+/// through the direct map (`DIRECT_MAP_BASE + HYPERCALL_MMIO_GPA`), which the VMM maps.
+pub const HYPERCALL_MMIO_GPA: u64 = 0xc000_0000;
+
 /// Port of a ucall: `out dx, eax` with `eax` = guest-physical address of a [`UcallMsg`].
 pub const UCALL_PORT: u16 = 0xe0;
 /// Port of the no-op hypercall: `out dx, eax` with any value. No message, no memory access: the
@@ -229,8 +238,9 @@ pub mod program {
     pub const NOP_LOOP: u64 = 1;
     /// Built-in: GUEST_ASSERT fails on purpose (tests the ASSERT path).
     pub const ASSERT_FAIL: u64 = 2;
-    /// Built-in: loads an empty IDT and executes `ud2`: a triple fault.
-    pub const TRIPLE_FAULT: u64 = 3;
+    /// Built-in: executes `ud2`. With the monitor's IDT the VMM reports #UD; booted with no
+    /// IDT (the VMM's `FaultInjection::NoIdt`) the #UD cannot be delivered: a triple fault.
+    pub const UD2: u64 = 3;
     /// Built-in: issues ucalls with bad arguments and checks each fails with a status.
     pub const BAD_HYPERCALL: u64 = 4;
     /// Built-in: touches an unmapped address (a guest #PF the monitor reports).
@@ -278,6 +288,9 @@ pub struct BootInfo {
     pub ram_size: u64,
     /// A word in guest RAM the vCPUs may use as a start barrier (guest-physical).
     pub shared_gpa: u64,
+    /// Non-zero: make hypercalls through the MMIO window ([`HYPERCALL_MMIO_GPA`]) instead of
+    /// port I/O.
+    pub hypercall_mmio: u64,
     /// Per-vCPU parameters, `nr_vcpus` of them used.
     pub vcpus: [VcpuBoot; MAX_VCPUS],
 }
@@ -304,8 +317,10 @@ pub mod boot_off {
     pub const RAM_SIZE: u64 = 80;
     /// `shared_gpa`
     pub const SHARED_GPA: u64 = 88;
+    /// `hypercall_mmio`
+    pub const HYPERCALL_MMIO: u64 = 96;
     /// `vcpus`
-    pub const VCPUS: u64 = 96;
+    pub const VCPUS: u64 = 104;
     /// Size of one `VcpuBoot`.
     pub const VCPU_SIZE: u64 = 32;
 }
@@ -316,6 +331,7 @@ const _: () = {
     assert!(core::mem::offset_of!(BootInfo, params) == boot_off::PARAMS as usize);
     assert!(core::mem::offset_of!(BootInfo, ram_size) == boot_off::RAM_SIZE as usize);
     assert!(core::mem::offset_of!(BootInfo, shared_gpa) == boot_off::SHARED_GPA as usize);
+    assert!(core::mem::offset_of!(BootInfo, hypercall_mmio) == boot_off::HYPERCALL_MMIO as usize);
     assert!(core::mem::offset_of!(BootInfo, vcpus) == boot_off::VCPUS as usize);
     assert!(core::mem::size_of::<VcpuBoot>() == boot_off::VCPU_SIZE as usize);
 };

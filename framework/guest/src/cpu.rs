@@ -39,7 +39,10 @@ impl GuestCpu {
     }
 
     fn atomic(gva: u64) -> &'static AtomicU64 {
-        crate::guest_assert!(gva.is_multiple_of(8), "misaligned 8-byte access at {gva:#x}");
+        crate::guest_assert!(
+            gva.is_multiple_of(8),
+            "misaligned 8-byte access at {gva:#x}"
+        );
         // SAFETY: the workload owns its address space; an unmapped gva faults into the monitor
         // (a reported guest #PF), it never corrupts the runtime. AtomicU64 has the alignment
         // checked above.

@@ -24,6 +24,7 @@ extern "sysv64" fn guest_main(vcpu: u64, boot: *const BootInfo) -> ! {
     // again; it lies in guest RAM, mapped by the direct map we run on. A volatile read copies it
     // out so nothing later depends on the page staying unchanged.
     let info: BootInfo = unsafe { core::ptr::read_volatile(boot) };
+    crate::ucall::set_hypercall_mmio(info.hypercall_mmio != 0);
     if info.magic != BOOT_MAGIC {
         crate::ucall::abort(
             file!(),

@@ -2,7 +2,9 @@
 
 use core::arch::asm;
 
-use shadowlab_guest_abi::{native_op, program, report_words, status, BootInfo, UcallCmd, UcallMsg, WORKLOAD_BASE_ID};
+use shadowlab_guest_abi::{
+    program, report_words, status, BootInfo, UcallCmd, UcallMsg, WORKLOAD_BASE_ID,
+};
 use shadowlab_workloads::layout::{DIRECT_MAP_BASE, WORKLOAD_BASE};
 use shadowlab_workloads::{Cpu, Params, Run, Workload};
 
@@ -18,7 +20,7 @@ pub fn run(cpu: &mut GuestCpu, info: &BootInfo) -> ! {
             guest_assert!(two == 3, "deliberate failure: 1 + 1 = {two}, not 3");
             ucall::done([0; 6])
         }
-        program::TRIPLE_FAULT => triple_fault(cpu),
+        program::UD2 => ud2(),
         program::BAD_HYPERCALL => bad_hypercalls(info),
         program::PAGE_FAULT => {
             // Nothing is mapped in the user half at boot.
@@ -50,13 +52,21 @@ fn run_workload(cpu: &mut GuestCpu, info: &BootInfo, index: usize) -> ! {
     let Some(w) = Workload::ALL.get(index) else {
         ucall::abort(file!(), line!(), format_args!("no workload number {index}"))
     };
-    let w = w.with_params(Params { iters: info.iters, seed: info.seed, size: info.params[0] });
+    let w = w.with_params(Params {
+        iters: info.iters,
+        seed: info.seed,
+        size: info.params[0],
+    });
     let t0 = cpu.timestamp();
     let result = w.run(cpu);
     let t1 = cpu.timestamp();
     let r = match result {
         Ok(r) => r,
-        Err(e) => ucall::abort(file!(), line!(), format_args!("workload {} failed on vCPU {}: {e}", w.name(), cpu.id())),
+        Err(e) => ucall::abort(
+            file!(),
+            line!(),
+            format_args!("workload {} failed on vCPU {}: {e}", w.name(), cpu.id()),
+        ),
     };
     let mut block = [0u64; report_words::TOTAL];
     block[report_words::VCPU] = r.vcpu as u64;
@@ -71,7 +81,8 @@ fn run_workload(cpu: &mut GuestCpu, info: &BootInfo, index: usize) -> ! {
     block[report_words::LAT_SUM] = r.latency.sum;
     block[report_words::LAT_MIN] = r.latency.min;
     block[report_words::LAT_MAX] = r.latency.max;
-    block[report_words::LAT_BUCKETS..].copy_from_slice(&r.latency.buckets[..report_words::NR_BUCKETS]);
+    block[report_words::LAT_BUCKETS..]
+        .copy_from_slice(&r.latency.buckets[..report_words::NR_BUCKETS]);
     ucall::done_with_report([r.ops, t0, t1, 0, 0, 0], &block)
 }
 
@@ -85,31 +96,10 @@ fn nop_loop(cpu: &mut GuestCpu, iters: u64) -> ! {
     ucall::done([iters, t0, t1, 0, 0, 0])
 }
 
-/// Points CR3 at a zeroed page, from which nothing (not even the IDT or the stack) is mapped:
-/// the next fetch faults, the #PF cannot be delivered (#DF), nor can the #DF, so the CPU shuts
-/// down (KVM_EXIT_SHUTDOWN).
-fn triple_fault(cpu: &mut GuestCpu) -> ! {
-    let empty = cpu.free_frames().start;
-    let p = (DIRECT_MAP_BASE + empty) as *mut u64;
-    for i in 0..512 {
-        // SAFETY: the frame is ours (first of this vCPU's free frames) and mapped by the direct map.
-        unsafe { p.add(i).write_volatile(0) };
-    }
-    match info_mode_native(cpu) {
-        // SAFETY: deliberately makes every address unmapped; this vCPU never runs again.
-        true => unsafe {
-            asm!("int3", in("eax") native_op::LOAD_CR3, in("rdi") empty, options(noreturn))
-        },
-        false => {
-            let st = ucall::mmu(UcallCmd::LoadCr3, empty);
-            guest_assert!(false, "LOAD_CR3 of an empty root returned status {st}");
-            ucall::done([0; 6])
-        }
-    }
-}
-
-fn info_mode_native(cpu: &GuestCpu) -> bool {
-    cpu.is_native()
+/// Executes `ud2`.
+fn ud2() -> ! {
+    // SAFETY: raises #UD on purpose; the VMM stops this vCPU on it.
+    unsafe { asm!("ud2", options(noreturn)) }
 }
 
 /// Issues ucalls with bad arguments; each must fail with a status, never succeed and never

@@ -3,8 +3,43 @@
 use core::arch::asm;
 use core::fmt::{self, Write};
 
-use shadowlab_guest_abi::{status, UcallCmd, UcallMsg, NOP_PORT, UCALL_PORT, UCALL_TEXT_LEN};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use shadowlab_guest_abi::{
+    status, UcallCmd, UcallMsg, HYPERCALL_MMIO_GPA, NOP_PORT, UCALL_PORT, UCALL_TEXT_LEN,
+};
 use shadowlab_workloads::layout::DIRECT_MAP_BASE;
+
+/// Whether hypercalls go through the MMIO window (set once at boot from the boot-info page,
+/// by every vCPU, to the same value).
+static HYPERCALL_MMIO: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the hypercall path (see `shadowlab_guest_abi::HYPERCALL_MMIO_GPA`).
+pub fn set_hypercall_mmio(on: bool) {
+    HYPERCALL_MMIO.store(on, Ordering::Relaxed);
+}
+
+/// The hypercall `out port, eax`, through port I/O or the MMIO window; returns EAX afterwards
+/// (the VMM sets it to `u32::MAX` when it refuses a ucall's message address).
+#[inline(always)]
+fn hypercall(port: u16, value: u32) -> u32 {
+    let mut eax = value;
+    if HYPERCALL_MMIO.load(Ordering::Relaxed) {
+        let window = DIRECT_MAP_BASE + HYPERCALL_MMIO_GPA + u64::from(port);
+        // SAFETY: a 4-byte store to the VMM's MMIO window, which the VMM maps in the direct map
+        // and backs with no memory: it exits to the VMM. Not `nomem`: it is a compiler barrier,
+        // so a ucall message's stores happen before it and the VMM's reply is read after it.
+        unsafe {
+            asm!("mov dword ptr [{w}], eax", w = in(reg) window, inout("eax") eax, options(nostack, preserves_flags));
+        }
+    } else {
+        // SAFETY: port I/O to our own VMM's port; a compiler barrier as above.
+        unsafe {
+            asm!("out dx, eax", in("dx") port, inout("eax") eax, options(nostack, preserves_flags));
+        }
+    }
+    eax
+}
 
 /// What the VMM puts in RAX when it refuses the message address itself (outside guest RAM,
 /// misaligned): the message cannot carry a status then.
@@ -17,13 +52,7 @@ const REJECTED: u32 = u32::MAX;
 /// If `gpa` is the address of a message, the caller must not hold a reference to it across the
 /// call (the VMM writes its `ret`).
 pub unsafe fn raw_ucall(gpa: u32) -> Option<u32> {
-    let mut eax = gpa;
-    // SAFETY: port I/O to our own VMM's port; the asm has no memory operands but is not marked
-    // nomem, so it is a compiler barrier: the message's stores happen before the exit and the
-    // VMM's write of `ret` is observed after it.
-    unsafe {
-        asm!("out dx, eax", in("dx") UCALL_PORT, inout("eax") eax, options(nostack, preserves_flags));
-    }
+    let eax = hypercall(UCALL_PORT, gpa);
     if eax == REJECTED && gpa != REJECTED {
         None
     } else {
@@ -51,10 +80,7 @@ pub fn ucall(msg: &mut UcallMsg) -> u64 {
 /// The no-op hypercall: one `out` to [`NOP_PORT`], no message.
 #[inline(always)]
 pub fn nop() {
-    // SAFETY: port I/O to our own VMM's port; no memory is touched.
-    unsafe {
-        asm!("out dx, eax", in("dx") NOP_PORT, in("eax") 0u32, options(nomem, nostack, preserves_flags));
-    }
+    hypercall(NOP_PORT, 0);
 }
 
 /// A `fmt::Write` into a message's text, truncating at the end of the buffer.
@@ -97,7 +123,11 @@ pub fn done(args: [u64; 6]) -> ! {
     msg.cmd = UcallCmd::Done as u64;
     msg.args = args;
     let st = ucall(&mut msg);
-    abort(file!(), line!(), format_args!("GUEST_DONE refused by the VMM: status {st}"))
+    abort(
+        file!(),
+        line!(),
+        format_args!("GUEST_DONE refused by the VMM: status {st}"),
+    )
 }
 
 /// `GUEST_DONE` with a workload report block (`shadowlab_guest_abi::report_words`), which stays
@@ -111,7 +141,11 @@ pub fn done_with_report(mut args: [u64; 6], block: &[u64]) -> ! {
     msg.args = args;
     let st = ucall(&mut msg);
     core::hint::black_box(block);
-    abort(file!(), line!(), format_args!("GUEST_DONE refused by the VMM: status {st}"))
+    abort(
+        file!(),
+        line!(),
+        format_args!("GUEST_DONE refused by the VMM: status {st}"),
+    )
 }
 
 /// `GUEST_ASSERT` failure: reports file, line and message; the VMM stops this vCPU.

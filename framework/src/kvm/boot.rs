@@ -8,8 +8,8 @@
 //! backing frame of a gfn lives is the memory layer's business, not the guest's.
 
 use shadowlab_guest_abi::{
-    boot_off, GuestMode, VcpuBoot, BOOT_INFO_GPA, BOOT_MAGIC, GUEST_LOAD_GPA, MAX_VCPUS,
-    WORKLOAD_BASE_ID,
+    boot_off, GuestMode, VcpuBoot, BOOT_INFO_GPA, BOOT_MAGIC, GUEST_LOAD_GPA, HYPERCALL_MMIO_GPA,
+    MAX_VCPUS, WORKLOAD_BASE_ID,
 };
 use shadowlab_workloads::layout::{
     direct_map, pt_index, pte, DIRECT_MAP_BASE, DIRECT_MAP_SLOT, MONITOR_SLOT, PAGE_SIZE,
@@ -136,6 +136,7 @@ pub fn prepare(
     nr_vcpus: usize,
     mode: GuestMode,
     params: &GuestParams,
+    hypercall_mmio: bool,
 ) -> Result<BootPlan, KvmError> {
     if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS {
         return Err(KvmError::Config(format!(
@@ -167,6 +168,8 @@ pub fn prepare(
     let pds = frames.alloc(nr_pds * PAGE_SIZE, "the direct map's PDs")?;
     let pts = frames.alloc(nr_pts * PAGE_SIZE, "the direct map's PTs")?;
     let roots = frames.alloc(nr_vcpus as u64 * PAGE_SIZE, "the vCPUs' boot roots")?;
+    let mmio_pd = frames.alloc(PAGE_SIZE, "the MMIO window's PD")?;
+    let mmio_pt = frames.alloc(PAGE_SIZE, "the MMIO window's PT")?;
     let boot_end = frames.next;
     let tables_end = boot_end;
     ram.fill_zero(pdpt, tables_end - pdpt)?;
@@ -195,6 +198,16 @@ pub fn prepare(
             (pds + i * PAGE_SIZE) | table,
         )?;
     }
+
+    // The MMIO hypercall window, in the direct map's slot (so every root that shares the
+    // direct map reaches it) but above guest RAM, backed by no memslot.
+    let window = direct_map(HYPERCALL_MMIO_GPA);
+    ram.write_u64(pdpt + pt_index(window, 3) as u64 * 8, mmio_pd | table)?;
+    ram.write_u64(mmio_pd + pt_index(window, 2) as u64 * 8, mmio_pt | table)?;
+    ram.write_u64(
+        mmio_pt + pt_index(window, 1) as u64 * 8,
+        HYPERCALL_MMIO_GPA | pte::P | pte::W | pte::U | pte::A | pte::D | pte::NX,
+    )?;
 
     // Per-vCPU roots: the direct map and the monitor, nothing in the user half.
     let per_vcpu_frames = (ram_size - boot_end) / PAGE_SIZE / nr_vcpus as u64;
@@ -233,6 +246,7 @@ pub fn prepare(
     }
     ram.write_u64(b + boot_off::RAM_SIZE, ram_size)?;
     ram.write_u64(b + boot_off::SHARED_GPA, SHARED_GPA)?;
+    ram.write_u64(b + boot_off::HYPERCALL_MMIO, u64::from(hypercall_mmio))?;
     for (i, v) in vcpus.iter().enumerate() {
         let at = b + boot_off::VCPUS + i as u64 * boot_off::VCPU_SIZE;
         ram.write_u64(at, v.boot_root)?;
@@ -282,7 +296,15 @@ mod tests {
             seed: 0,
             params: [0; 4],
         };
-        let plan = prepare(&ram, &img, 2, GuestMode::Native, &params).unwrap();
+        let plan = prepare(&ram, &img, 2, GuestMode::Native, &params, true).unwrap();
+        assert_eq!(
+            walk(
+                &ram,
+                plan.vcpus[0].boot_root,
+                direct_map(HYPERCALL_MMIO_GPA) + 0xe0
+            ),
+            Some(HYPERCALL_MMIO_GPA + 0xe0)
+        );
         let root = plan.vcpus[1].boot_root;
         assert_eq!(walk(&ram, root, direct_map(0x1000)), Some(0x1000));
         assert_eq!(
@@ -319,7 +341,7 @@ mod tests {
             seed: 0,
             params: [0; 4],
         };
-        assert!(prepare(&ram, &img, 1, GuestMode::Native, &params).is_err());
-        assert!(prepare(&ram, &img, 0, GuestMode::Native, &params).is_err());
+        assert!(prepare(&ram, &img, 1, GuestMode::Native, &params, false).is_err());
+        assert!(prepare(&ram, &img, 0, GuestMode::Native, &params, false).is_err());
     }
 }

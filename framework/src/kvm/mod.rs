@@ -33,7 +33,7 @@ pub use boot::GuestParams;
 pub use error::KvmError;
 pub use hooks::{FaultOutcome, HookError, MmuHooks, NativeMmu};
 pub use report::{FailureKind, GuestFailure, RunResult, VcpuReport};
-pub use run::{run_native, run_native_reports, RunConfig};
+pub use run::{run_native, run_native_reports, FaultInjection, HypercallPath, RunConfig};
 pub use shadowlab_guest_abi::program;
 
 /// Why `/dev/kvm` cannot be used here, or `None` if it can (opened and API version 12).

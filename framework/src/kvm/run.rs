@@ -19,6 +19,39 @@ use super::stats::{self, StatsFd};
 use super::vcpu::{run_vcpu, Shared};
 use super::vm::{DirectRam, Vm};
 
+/// How the guest's hypercalls reach the VMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum HypercallPath {
+    /// Port I/O (`out`), as the ABI is specified. On a host that refuses CPL3 port I/O the
+    /// `out` arrives as a #GP through the monitor and is emulated by the VMM.
+    PortIo,
+    /// Stores to the MMIO window (`shadowlab_guest_abi::HYPERCALL_MMIO_GPA`): one exit.
+    Mmio,
+    /// MMIO on a software-virtualised host (`/sys/module/kvm_pvm`), port I/O elsewhere.
+    Auto,
+}
+
+impl HypercallPath {
+    /// Resolves `Auto` on this host.
+    pub fn resolve(self) -> HypercallPath {
+        match self {
+            HypercallPath::Auto if std::path::Path::new("/sys/module/kvm_pvm").exists() => {
+                HypercallPath::Mmio
+            }
+            HypercallPath::Auto => HypercallPath::PortIo,
+            p => p,
+        }
+    }
+}
+
+/// Broken machine state a test may ask for, to exercise the VMM's failure reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultInjection {
+    /// Boot the vCPUs with an empty IDT (limit 0): any guest exception becomes a triple fault
+    /// (the guest itself cannot break the monitor's IDT: it runs at CPL3).
+    NoIdt,
+}
+
 /// How to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunConfig {
@@ -28,6 +61,10 @@ pub struct RunConfig {
     pub ram_size: u64,
     /// The watchdog: a run that has not finished by then is stopped and fails.
     pub timeout: Duration,
+    /// The hypercall path.
+    pub hypercall: HypercallPath,
+    /// Deliberately broken state, for tests of the failure reports.
+    pub inject: Option<FaultInjection>,
 }
 
 impl Default for RunConfig {
@@ -36,6 +73,8 @@ impl Default for RunConfig {
             nr_vcpus: 1,
             ram_size: DEFAULT_RAM,
             timeout: Duration::from_secs(60),
+            hypercall: HypercallPath::Auto,
+            inject: None,
         }
     }
 }
@@ -54,7 +93,15 @@ pub fn run_native(config: &RunConfig, params: &GuestParams) -> Result<RunResult,
 pub fn run_native_reports(config: &RunConfig, params: &GuestParams) -> Result<RunResult, KvmError> {
     let vm = Vm::new(config.ram_size, config.nr_vcpus)?;
     let image = ElfImage::parse(GUEST_ELF)?;
-    let plan = boot::prepare(vm.ram(), &image, config.nr_vcpus, GuestMode::Native, params)?;
+    let mmio = config.hypercall.resolve() == HypercallPath::Mmio;
+    let plan = boot::prepare(
+        vm.ram(),
+        &image,
+        config.nr_vcpus,
+        GuestMode::Native,
+        params,
+        mmio,
+    )?;
     let roots: Vec<u64> = plan.vcpus.iter().map(|v| v.boot_root).collect();
     run_vm(
         &vm,
@@ -106,6 +153,14 @@ where
     let mut vcpu_stats = Vec::with_capacity(n);
     for (i, boot) in plan.vcpus.iter().enumerate() {
         let fd = vm.create_vcpu(i, plan.entry, boot, cr3s[i])?;
+        if config.inject == Some(FaultInjection::NoIdt) {
+            let mut s = fd
+                .get_sregs()
+                .map_err(|source| KvmError::GetSregs { vcpu: i, source })?;
+            s.idt.limit = 0;
+            fd.set_sregs(&s)
+                .map_err(|source| KvmError::SetSregs { vcpu: i, source })?;
+        }
         vcpu_stats.push(StatsFd::open(&fd).ok());
         vcpus.push(fd);
     }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use shadowlab_guest_abi::{EXCEPTION_PORT, NOP_PORT, UCALL_PORT};
+use shadowlab_guest_abi::{EXCEPTION_PORT, HYPERCALL_MMIO_GPA, NOP_PORT, UCALL_PORT};
 use shadowlab_workloads::layout::DIRECT_MAP_BASE;
 
 use super::error::KvmError;
@@ -53,6 +53,18 @@ fn decode(exit: VcpuExit<'_>) -> DecodedExit {
         VcpuExit::InternalError => DecodedExit::InternalError { suberror: 0 },
         VcpuExit::FailEntry(reason, _) => DecodedExit::FailEntry { reason },
         VcpuExit::MmioRead(gpa, _) => DecodedExit::Mmio { gpa, write: false },
+        VcpuExit::MmioWrite(gpa, data)
+            if (HYPERCALL_MMIO_GPA..HYPERCALL_MMIO_GPA + 0x1000).contains(&gpa)
+                && data.len() == 4 =>
+        {
+            // A hypercall through the MMIO window: the offset is the port.
+            let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            DecodedExit::IoOut {
+                port: (gpa - HYPERCALL_MMIO_GPA) as u16,
+                size: 4,
+                value,
+            }
+        }
         VcpuExit::MmioWrite(gpa, _) => DecodedExit::Mmio { gpa, write: true },
         other => DecodedExit::Other(format!("{other:?}")),
     }
