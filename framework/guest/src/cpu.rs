@@ -33,11 +33,6 @@ impl GuestCpu {
         }
     }
 
-    /// Whether MMU operations are real instructions (`native`) rather than hypercalls.
-    pub fn is_native(&self) -> bool {
-        self.native
-    }
-
     fn atomic(gva: u64) -> &'static AtomicU64 {
         crate::guest_assert!(
             gva.is_multiple_of(8),
