@@ -234,3 +234,91 @@ fn both_hypercall_paths_carry_ucalls_and_refusals() {
         assert_eq!(r.vcpus[0].outcome.as_ref().unwrap().ops, 8, "{path:?}");
     }
 }
+
+/// Counts the flush-before-entry hook; everything else is native.
+#[derive(Default)]
+struct CountFlushes {
+    flushes: std::sync::atomic::AtomicU64,
+}
+
+impl shadowlab_framework::kvm::MmuHooks for CountFlushes {
+    fn page_fault(
+        &self,
+        v: usize,
+        gva: u64,
+        ec: u64,
+    ) -> Result<shadowlab_framework::kvm::FaultOutcome, shadowlab_framework::kvm::HookError> {
+        shadowlab_framework::kvm::NativeMmu.page_fault(v, gva, ec)
+    }
+    fn load_cr3(
+        &self,
+        v: usize,
+        root: u64,
+    ) -> Result<Option<u64>, shadowlab_framework::kvm::HookError> {
+        shadowlab_framework::kvm::NativeMmu.load_cr3(v, root)
+    }
+    fn invlpg(&self, v: usize, gva: u64) -> Result<bool, shadowlab_framework::kvm::HookError> {
+        shadowlab_framework::kvm::NativeMmu.invlpg(v, gva)
+    }
+    fn flush_tlb(&self, v: usize) -> Result<bool, shadowlab_framework::kvm::HookError> {
+        shadowlab_framework::kvm::NativeMmu.flush_tlb(v)
+    }
+    fn emulated_write(
+        &self,
+        v: usize,
+        gpa: u64,
+        value: u64,
+        len: u8,
+    ) -> Result<(), shadowlab_framework::kvm::HookError> {
+        shadowlab_framework::kvm::NativeMmu.emulated_write(v, gpa, value, len)
+    }
+    fn flush_before_entry(
+        &self,
+        _v: usize,
+    ) -> Result<Option<u64>, shadowlab_framework::kvm::HookError> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(None)
+    }
+}
+
+/// A remote TLB-flush request reaches a vCPU that never exits on its own (it spins in the
+/// guest): the kick forces it out of KVM_RUN and the flush hook runs before it re-enters.
+/// Without the kick the request would wait forever and the count would stay 0.
+#[test]
+fn remote_flush_request_kicks_a_spinning_vcpu_and_runs_the_flush_hook() {
+    require_kvm!("remote_flush_request_kicks_a_spinning_vcpu_and_runs_the_flush_hook");
+    use shadowlab_framework::kvm::{
+        make_all_cpus_request, new_kicks, run_native_with, REQ_TLB_FLUSH,
+    };
+    use std::sync::atomic::Ordering;
+    let hooks = CountFlushes::default();
+    let kicks = new_kicks(2);
+    let cfg = RunConfig {
+        timeout: Duration::from_millis(1500),
+        ..config(2)
+    };
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(50));
+                make_all_cpus_request(&kicks, REQ_TLB_FLUSH, None);
+            }
+        });
+        run_native_with(&cfg, &params(program::SPIN, 0), &hooks, &kicks).unwrap()
+    });
+    let flushes = hooks.flushes.load(Ordering::SeqCst);
+    let kicked: u64 = r.vcpus.iter().map(|v| v.exits.kicked).sum();
+    eprintln!("remote flush: {flushes} flushes before entry, {kicked} kicked exits");
+    assert!(
+        flushes >= 2,
+        "each spinning vCPU flushed at least once: {flushes}"
+    );
+    assert!(kicked >= 2);
+    for v in &r.vcpus {
+        assert!(matches!(
+            v.outcome.as_ref().unwrap_err().kind,
+            FailureKind::Timeout { .. }
+        ));
+    }
+}

@@ -149,6 +149,11 @@ impl VcpuKick {
     }
 }
 
+/// Fresh kick states for `n` vCPUs.
+pub fn new_kicks(n: usize) -> Vec<VcpuKick> {
+    (0..n).map(|_| VcpuKick::new()).collect()
+}
+
 /// `kvm_make_all_cpus_request`: posts `req` to every vCPU but `except` and kicks them.
 pub fn make_all_cpus_request(vcpus: &[VcpuKick], req: u64, except: Option<usize>) {
     for (i, k) in vcpus.iter().enumerate() {

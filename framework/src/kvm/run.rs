@@ -91,6 +91,19 @@ pub fn run_native(config: &RunConfig, params: &GuestParams) -> Result<RunResult,
 
 /// Like [`run_native`] but returns the reports even when vCPUs failed.
 pub fn run_native_reports(config: &RunConfig, params: &GuestParams) -> Result<RunResult, KvmError> {
+    let kicks = kick::new_kicks(config.nr_vcpus);
+    run_native_with(config, params, &NativeMmu, &kicks)
+}
+
+/// The guest on its own page tables with a caller's MMU hooks and kick state (`kicks[i]` is
+/// vCPU `i`'s; the hooks may hold them to request remote TLB flushes). Returns the reports
+/// even when vCPUs failed.
+pub fn run_native_with<H: MmuHooks + ?Sized>(
+    config: &RunConfig,
+    params: &GuestParams,
+    mmu: &H,
+    kicks: &[VcpuKick],
+) -> Result<RunResult, KvmError> {
     let vm = Vm::new(config.ram_size, config.nr_vcpus)?;
     let image = ElfImage::parse(GUEST_ELF)?;
     let mmio = config.hypercall.resolve() == HypercallPath::Mmio;
@@ -103,15 +116,15 @@ pub fn run_native_reports(config: &RunConfig, params: &GuestParams) -> Result<Ru
         mmio,
     )?;
     let roots: Vec<u64> = plan.vcpus.iter().map(|v| v.boot_root).collect();
-    run_vm(
-        &vm,
-        config,
-        &plan,
-        &roots,
-        &DirectRam(vm.ram()),
-        &NativeMmu,
-        "native",
-    )
+    let mem = DirectRam(vm.ram());
+    let backend = Backend {
+        cr3s: &roots,
+        mem: &mem,
+        mmu,
+        kicks,
+        name: "native",
+    };
+    run_vm(&vm, config, &plan, backend)
 }
 
 /// The error for the first vCPU that failed on its own (not merely stopped because another
@@ -132,23 +145,50 @@ pub fn first_failure(result: &RunResult) -> Result<(), KvmError> {
     }
 }
 
-/// Creates the vCPUs on `cr3s` (one per vCPU), runs them to the end under the watchdog, and
-/// reports. Generic over the MMU so that the `kvm` backend plugs in its shadow MMU.
+/// What a backend brings to [`run_vm`].
+pub struct Backend<'a, M: ?Sized, H: ?Sized> {
+    /// The hardware CR3 each vCPU starts on (the guest's boot roots in `native`, shadow roots
+    /// in `kvm`).
+    pub cr3s: &'a [u64],
+    /// Guest RAM as the exit handler sees it.
+    pub mem: &'a M,
+    /// The MMU.
+    pub mmu: &'a H,
+    /// Each vCPU's kick state.
+    pub kicks: &'a [VcpuKick],
+    /// Its name in results.
+    pub name: &'static str,
+}
+
+/// Creates the vCPUs, runs them to the end under the watchdog, and reports. Generic over the
+/// MMU so that the `kvm` backend plugs in its shadow MMU.
 pub fn run_vm<M, H>(
     vm: &Vm,
     config: &RunConfig,
     plan: &boot::BootPlan,
-    cr3s: &[u64],
-    mem: &M,
-    mmu: &H,
-    backend: &'static str,
+    backend: Backend<'_, M, H>,
 ) -> Result<RunResult, KvmError>
 where
     M: super::ucall::GuestPhys + Sync + ?Sized,
     H: MmuHooks + ?Sized,
 {
     kick::install_handler().map_err(KvmError::SignalHandler)?;
+    let Backend {
+        cr3s,
+        mem,
+        mmu,
+        kicks,
+        name: backend,
+    } = backend;
     let n = config.nr_vcpus;
+    if kicks.len() != n || plan.vcpus.len() != n || cr3s.len() != n {
+        return Err(KvmError::Config(format!(
+            "{n} vCPUs but {} kick states, {} boot plans, {} CR3s",
+            kicks.len(),
+            plan.vcpus.len(),
+            cr3s.len()
+        )));
+    }
     let mut vcpus = Vec::with_capacity(n);
     let mut vcpu_stats = Vec::with_capacity(n);
     for (i, boot) in plan.vcpus.iter().enumerate() {
@@ -171,13 +211,12 @@ where
         .map(|s| s.as_ref().and_then(|s| s.snapshot().ok()))
         .collect();
 
-    let kicks: Vec<VcpuKick> = (0..n).map(|_| VcpuKick::new()).collect();
     let timed_out = AtomicBool::new(false);
     let shared = Shared {
         mem,
         monitor: vm.monitor(),
         mmu,
-        kicks: &kicks,
+        kicks,
         timed_out: &timed_out,
         timeout_ms: config.timeout.as_millis() as u64,
     };
@@ -199,7 +238,7 @@ where
             match h {
                 Ok(h) => handles.push(h),
                 Err(e) => {
-                    make_all_cpus_request(&kicks, REQ_STOP, None);
+                    make_all_cpus_request(kicks, REQ_STOP, None);
                     return Err(e);
                 }
             }
@@ -214,7 +253,7 @@ where
                 Ok(_) => finished += 1,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     timed_out.store(true, Ordering::Release);
-                    make_all_cpus_request(&kicks, REQ_STOP, None);
+                    make_all_cpus_request(kicks, REQ_STOP, None);
                     break;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
