@@ -1,8 +1,13 @@
-//! shadowlab's VMM core: the shadow MMU (`mmu`), the backends that run guests on it, and the
-//! build's shadow-sync policy.
+//! shadowlab's VMM core: guest memory (`mem`), the shadow MMU (`mmu`), the backends that run
+//! guests on it (`kvm`/`native` on /dev/kvm, `sim`), host detection (`host`), and the build's
+//! shadow-sync policy.
 
 pub mod host;
 pub mod kvm;
+pub mod mem;
+pub mod mmu;
 pub mod policy;
+pub mod rng;
+pub mod sim;
 
 pub use policy::{BuildPolicy, BUILD_POLICY};

@@ -192,8 +192,8 @@ pub fn by_name(name: &str) -> Option<PolicyInfo> {
 mod tests {
     extern crate std;
     use super::*;
-    use std::format;
     use core::sync::atomic::{AtomicBool, AtomicU32};
+    use std::format;
 
     struct Flags {
         unsync: AtomicBool,
@@ -221,7 +221,11 @@ mod tests {
         assert_eq!(P::is_unsync_root(&HostMemory, &clean), !P::LOCKLESS);
         assert!(!unsync_under_lock(&clean));
         for f in [flags(true, 0), flags(false, 1), flags(true, 3)] {
-            assert!(P::is_unsync_root(&HostMemory, &f), "{} missed an unsync root", P::NAME);
+            assert!(
+                P::is_unsync_root(&HostMemory, &f),
+                "{} missed an unsync root",
+                P::NAME
+            );
             assert!(unsync_under_lock(&f));
         }
     }

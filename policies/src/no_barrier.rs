@@ -20,7 +20,8 @@ impl SyncPolicy for NoBarrier {
     const NAME: &'static str = "no-barrier";
     const SOUNDNESS: Soundness = Soundness::Unsound;
     const LOCKLESS: bool = true;
-    const ORIGIN: &'static str = "research extra, UNSOUND negative control: relaxed loads, no fence";
+    const ORIGIN: &'static str =
+        "research extra, UNSOUND negative control: relaxed loads, no fence";
 
     #[inline(always)]
     fn is_unsync_root<M: MemoryModel, F: UnsyncFlags + ?Sized>(_mem: &M, root: &F) -> bool {

@@ -18,9 +18,10 @@ use shadowlab_workloads::{Run, Workload};
 
 use super::elf::{ElfError, ElfImage};
 use super::error::KvmError;
-use super::hostmem::HostMapping;
+use super::hostmem::RegionExt;
 use super::layout::{SHARED_GPA, STACK_SIZE};
 use super::monitor;
+use crate::mem::MemRegion;
 
 /// What the guest runs and with which parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -100,7 +101,7 @@ fn elf_err(index: usize, what: String) -> KvmError {
 }
 
 /// Copies the image's PT_LOAD segments into `ram` at their physical addresses.
-pub fn load_elf(ram: &HostMapping, image: &ElfImage<'_>) -> Result<(), KvmError> {
+pub fn load_elf(ram: &MemRegion, image: &ElfImage<'_>) -> Result<(), KvmError> {
     for (index, seg) in image.segments.iter().enumerate() {
         if seg.vaddr.wrapping_sub(seg.paddr) != DIRECT_MAP_BASE {
             return Err(elf_err(
@@ -131,7 +132,7 @@ pub fn load_elf(ram: &HostMapping, image: &ElfImage<'_>) -> Result<(), KvmError>
 
 /// Lays out RAM for `nr_vcpus` vCPUs running `params` in `mode`, and writes everything.
 pub fn prepare(
-    ram: &HostMapping,
+    ram: &MemRegion,
     image: &ElfImage<'_>,
     nr_vcpus: usize,
     mode: GuestMode,
@@ -269,7 +270,7 @@ pub fn prepare(
 
 /// Walks the boot tables in `ram` like the hardware would (4-level, 4 KiB pages): the
 /// guest-physical address `gva` maps to, if present. Used by tests and by crash reports.
-pub fn walk(ram: &HostMapping, root: u64, gva: u64) -> Option<u64> {
+pub fn walk(ram: &MemRegion, root: u64, gva: u64) -> Option<u64> {
     let mut table = root;
     for level in (1..=4).rev() {
         let e = ram.read_u64(table + pt_index(gva, level) as u64 * 8).ok()?;
@@ -285,10 +286,11 @@ pub fn walk(ram: &HostMapping, root: u64, gva: u64) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::kvm::guest_image::GUEST_ELF;
+    use crate::kvm::hostmem::new_region;
 
     #[test]
     fn the_direct_map_maps_every_frame_but_null_and_guards() {
-        let ram = HostMapping::new(8 << 20).unwrap();
+        let ram = new_region(8 << 20).unwrap();
         let img = ElfImage::parse(GUEST_ELF).unwrap();
         let params = GuestParams {
             program: 1,
@@ -333,7 +335,7 @@ mod tests {
 
     #[test]
     fn too_little_ram_is_an_error_not_a_panic() {
-        let ram = HostMapping::new(1 << 20).unwrap();
+        let ram = new_region(1 << 20).unwrap();
         let img = ElfImage::parse(GUEST_ELF).unwrap();
         let params = GuestParams {
             program: 1,

@@ -115,14 +115,6 @@ pub enum KvmError {
     /// Reading the binary stats failed or they were malformed.
     #[error("reading KVM binary stats: {0}")]
     ReadStats(String),
-    /// mmap of guest memory failed.
-    #[error("mmap of {size:#x} bytes of guest memory: {source}")]
-    Mmap {
-        /// Requested size.
-        size: u64,
-        /// The OS error.
-        source: std::io::Error,
-    },
     /// A configuration value is out of range.
     #[error("bad configuration: {0}")]
     Config(String),
@@ -137,10 +129,10 @@ pub enum KvmError {
         /// What did not fit.
         what: String,
     },
-    /// A VMM access to guest memory was out of bounds (a VMM bug: guest-supplied addresses are
-    /// validated before they get here).
+    /// Mapping guest memory failed, or a VMM access to it was out of bounds (a VMM bug:
+    /// guest-supplied addresses are validated before they get here).
     #[error("guest memory: {0}")]
-    Memory(#[from] super::hostmem::MemError),
+    Memory(#[from] crate::mem::MemError),
     /// Installing the kick signal handler failed.
     #[error("installing the vCPU kick signal handler: {0}")]
     SignalHandler(std::io::Error),

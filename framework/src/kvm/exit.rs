@@ -294,7 +294,7 @@ mod tests {
 
     use super::*;
     use crate::kvm::hooks::{HookError, NativeMmu};
-    use crate::kvm::hostmem::HostMapping;
+    use crate::kvm::hostmem::{new_region, RegionExt};
     use crate::kvm::ucall::tests::{put, Ram};
     use shadowlab_guest_abi::{UcallCmd, EXCEPTION_PORT, UCALL_OFF_RET};
 
@@ -338,7 +338,7 @@ mod tests {
     }
 
     fn ram() -> Ram {
-        Ram(HostMapping::new(1 << 20).unwrap())
+        Ram(new_region(1 << 20).unwrap())
     }
 
     fn ucall_exit(gpa: u32) -> DecodedExit {

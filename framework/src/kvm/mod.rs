@@ -14,6 +14,7 @@
 
 pub mod boot;
 pub mod elf;
+pub mod emulate;
 pub mod error;
 pub mod exit;
 pub mod guest_image;

@@ -22,8 +22,9 @@
 use shadowlab_guest_abi::{EXCEPTION_PORT, MAX_VCPUS};
 use shadowlab_workloads::layout::{pte, MONITOR_BASE};
 
-use super::hostmem::{HostMapping, MemError};
+use super::hostmem::RegionExt;
 use super::layout::MONITOR_GPA;
+use crate::mem::{MemError, MemRegion};
 
 /// Offset of the GDT.
 pub const GDT_OFF: u64 = 0x0000;
@@ -217,7 +218,7 @@ fn idt_gate_dpl(handler: u64, dpl: u64) -> [u64; 2] {
 }
 
 /// Writes the monitor for `nr_vcpus` vCPUs into `mon` (a [`MONITOR_SIZE`] mapping).
-pub fn build(mon: &HostMapping, nr_vcpus: usize) -> Result<(), MemError> {
+pub fn build(mon: &MemRegion, nr_vcpus: usize) -> Result<(), MemError> {
     // GDT: null, code, data, (unused), then one TSS descriptor per vCPU.
     mon.write_u64(GDT_OFF, 0)?;
     mon.write_u64(GDT_OFF + 8, gdt_code64())?;
@@ -289,17 +290,17 @@ const FRAME_RIP: u64 = 40;
 const FRAME_RAX: u64 = 64;
 
 /// Sets the RIP the stub's `iretq` returns to (to skip an instruction the VMM emulated).
-pub fn set_frame_rip(mon: &HostMapping, vcpu: usize, rip: u64) -> Result<(), MemError> {
+pub fn set_frame_rip(mon: &MemRegion, vcpu: usize, rip: u64) -> Result<(), MemError> {
     mon.write_u64(ist_top_off(vcpu) - FRAME_RIP, rip)
 }
 
 /// Sets the RAX the stub restores.
-pub fn set_frame_rax(mon: &HostMapping, vcpu: usize, rax: u64) -> Result<(), MemError> {
+pub fn set_frame_rax(mon: &MemRegion, vcpu: usize, rax: u64) -> Result<(), MemError> {
     mon.write_u64(ist_top_off(vcpu) - FRAME_RAX, rax)
 }
 
 /// Reads the frame of the exception vCPU `vcpu` is reporting.
-pub fn read_frame(mon: &HostMapping, vcpu: usize) -> Result<ExceptionFrame, MemError> {
+pub fn read_frame(mon: &MemRegion, vcpu: usize) -> Result<ExceptionFrame, MemError> {
     let top = ist_top_off(vcpu);
     // The CPU aligns the IST top (already 16-aligned) and pushes SS, RSP, RFLAGS, CS, RIP,
     // [error]; the stub pushes [0], the vector, RAX, RDX.
@@ -318,6 +319,7 @@ pub fn read_frame(mon: &HostMapping, vcpu: usize) -> Result<ExceptionFrame, MemE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kvm::hostmem::new_region;
     use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 
     fn decode(code: &[u8], ip: u64) -> Vec<(u64, Mnemonic, u64)> {
@@ -431,7 +433,7 @@ mod tests {
 
     #[test]
     fn monitor_fits_and_frame_reads_back() {
-        let mon = HostMapping::new(MONITOR_SIZE).unwrap();
+        let mon = new_region(MONITOR_SIZE).unwrap();
         build(&mon, MAX_VCPUS).unwrap();
         let top = ist_top_off(3);
         for (i, v) in [0xd, 0xa, 14u64, 0x6, 0x1234, 0x8, 0x202, 0x5000]

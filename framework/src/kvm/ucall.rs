@@ -9,7 +9,7 @@ use shadowlab_guest_abi::{
 };
 use shadowlab_workloads::layout::PAGE_SIZE;
 
-use super::hostmem::MemError;
+use crate::mem::MemError;
 
 /// Guest-physical memory as the exit handler sees it. `native` reads guest RAM directly
 /// (gfn == backing frame); the `kvm` backend translates through its frame map.
@@ -190,11 +190,12 @@ pub fn write_status<M: GuestPhys + ?Sized>(mem: &M, gpa: u64, status: u64) -> Re
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::kvm::hostmem::HostMapping;
+    use crate::kvm::hostmem::{new_region, RegionExt};
+    use crate::mem::MemRegion;
     use shadowlab_guest_abi::{status, UCALL_OFF_RET};
 
     /// Guest RAM backed directly by a mapping (as in `native`).
-    pub(crate) struct Ram(pub HostMapping);
+    pub(crate) struct Ram(pub MemRegion);
     impl GuestPhys for Ram {
         fn ram_size(&self) -> u64 {
             self.0.size()
@@ -221,7 +222,7 @@ pub(crate) mod tests {
 
     #[test]
     fn decodes_assert_with_file_line_message() {
-        let ram = Ram(HostMapping::new(1 << 20).unwrap());
+        let ram = Ram(new_region(1 << 20).unwrap());
         put(
             &ram,
             0x4000,
@@ -242,7 +243,7 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_bad_addresses_lengths_and_arguments() {
-        let ram = Ram(HostMapping::new(1 << 20).unwrap());
+        let ram = Ram(new_region(1 << 20).unwrap());
         assert_eq!(read(&ram, 0x4008), Err(UcallError::BadAddress(0x4008)));
         assert_eq!(read(&ram, 1 << 20), Err(UcallError::BadAddress(1 << 20)));
         assert_eq!(read(&ram, 0), Err(UcallError::BadAddress(0)));

@@ -10,18 +10,18 @@ use shadowlab_workloads::layout::DIRECT_MAP_BASE;
 use super::error::KvmError;
 use super::exit::{handle_exit, DecodedExit, ExitAction, ExitState};
 use super::hooks::MmuHooks;
-use super::hostmem::HostMapping;
 use super::kick::{make_all_cpus_request, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
 use super::monitor;
 use super::report::{FailureKind, GuestFailure, GuestRegs, VcpuReport};
 use super::ucall::GuestPhys;
+use crate::mem::MemRegion;
 
 /// What every vCPU thread of a run shares.
 pub struct Shared<'a, M: ?Sized, H: ?Sized> {
     /// Guest RAM as the exit handler sees it.
     pub mem: &'a M,
     /// The monitor (exception frames are read from it).
-    pub monitor: &'a HostMapping,
+    pub monitor: &'a MemRegion,
     /// The MMU.
     pub mmu: &'a H,
     /// Every vCPU's kick state, by index.

@@ -10,13 +10,14 @@ use shadowlab_guest_abi::{VcpuBoot, BOOT_INFO_GPA};
 use shadowlab_workloads::layout::{direct_map, MONITOR_BASE};
 
 use super::error::KvmError;
-use super::hostmem::{HostMapping, MemError};
+use super::hostmem::{new_region, RegionExt};
 use super::layout::{MAX_RAM, MIN_RAM, MONITOR_GPA, MONITOR_SLOT, RAM_SLOT};
 use super::monitor::{
     self, CODE_SEL, DATA_SEL, GDT_LIMIT, GDT_OFF, IDT_OFF, MONITOR_SIZE, TSS_OFF, TSS_SEL0,
     TSS_STRIDE, USER_CODE_SEL, USER_DATA_SEL,
 };
 use super::ucall::GuestPhys;
+use crate::mem::{MemError, MemRegion};
 
 /// CR0 bits.
 mod cr0 {
@@ -50,8 +51,8 @@ pub struct Vm {
     vm_fd: VmFd,
     kvm: Kvm,
     cpuid: CpuId,
-    ram: HostMapping,
-    monitor: HostMapping,
+    ram: MemRegion,
+    monitor: MemRegion,
 }
 
 impl std::fmt::Debug for Vm {
@@ -63,8 +64,8 @@ impl std::fmt::Debug for Vm {
     }
 }
 
-fn mmap(size: u64) -> Result<HostMapping, KvmError> {
-    HostMapping::new(size).map_err(|source| KvmError::Mmap { size, source })
+fn mmap(size: u64) -> Result<MemRegion, KvmError> {
+    Ok(new_region(size)?)
 }
 
 impl Vm {
@@ -113,7 +114,7 @@ impl Vm {
 
     /// Adds a memslot backed by `mem` (which must outlive the VM fd: it is a field of `self` or
     /// owned by the caller for the VM's lifetime).
-    pub fn add_memslot(&self, slot: u32, gpa: u64, mem: &HostMapping) -> Result<(), KvmError> {
+    pub fn add_memslot(&self, slot: u32, gpa: u64, mem: &MemRegion) -> Result<(), KvmError> {
         let region = kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -144,12 +145,12 @@ impl Vm {
     }
 
     /// Guest RAM.
-    pub fn ram(&self) -> &HostMapping {
+    pub fn ram(&self) -> &MemRegion {
         &self.ram
     }
 
     /// The monitor.
-    pub fn monitor(&self) -> &HostMapping {
+    pub fn monitor(&self) -> &MemRegion {
         &self.monitor
     }
 
@@ -296,7 +297,7 @@ impl Vm {
 
 /// Guest RAM where gfn == backing frame (`native`): the exit handler's view.
 #[derive(Clone, Copy, Debug)]
-pub struct DirectRam<'a>(pub &'a HostMapping);
+pub struct DirectRam<'a>(pub &'a MemRegion);
 
 impl GuestPhys for DirectRam<'_> {
     fn ram_size(&self) -> u64 {

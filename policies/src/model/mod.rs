@@ -175,7 +175,8 @@ pub fn verdict_matrix() -> Vec<Cell> {
     for policy in crate::ALL {
         for walker in WalkerModel::ALL {
             let start = Instant::now();
-            let verdict = check_by_name(policy.name, walker).expect("ALL lists only known policies");
+            let verdict =
+                check_by_name(policy.name, walker).expect("ALL lists only known policies");
             cells.push(Cell {
                 policy,
                 walker,

@@ -119,12 +119,19 @@ fn reader<P: SyncPolicy>(vm: &Vm, walker: WalkerModel, trace: &Trace) -> bool {
     ));
     if !w {
         // The guest's store faults and the VMM handles it under mmu_lock: not the race.
-        trace.log(format!("{who}: guest store faults (SPTE.W = 0), handled under mmu_lock"));
+        trace.log(format!(
+            "{who}: guest store faults (SPTE.W = 0), handled under mmu_lock"
+        ));
         return false;
     }
     vm.gpte.store(NEW_GPTE, Ordering::Relaxed);
-    trace.log(format!("{who}: guest writes gPTE = {NEW_GPTE:#x} through the writable SPTE"));
-    trace.log(format!("{who}: guest flushes its TLB -> is_unsync_root({})", P::NAME));
+    trace.log(format!(
+        "{who}: guest writes gPTE = {NEW_GPTE:#x} through the writable SPTE"
+    ));
+    trace.log(format!(
+        "{who}: guest flushes its TLB -> is_unsync_root({})",
+        P::NAME
+    ));
 
     let seen = Seen {
         page: &vm.root,
@@ -146,7 +153,9 @@ fn reader<P: SyncPolicy>(vm: &Vm, walker: WalkerModel, trace: &Trace) -> bool {
         }
         trace.log(format!("{who}: write_unlock(mmu_lock)"));
     } else {
-        trace.log(format!("{who}: is_unsync_root -> false: sync SKIPPED, no lock taken"));
+        trace.log(format!(
+            "{who}: is_unsync_root -> false: sync SKIPPED, no lock taken"
+        ));
     }
     let used = vm.shadow_pte.load(Ordering::Relaxed);
     let stale = used != NEW_GPTE;

@@ -1,0 +1,490 @@
+//! Tests of the simulated backend, driving it through the workloads' `Cpu` trait with a small
+//! page-table manager written here (the real one lives in the workloads crate).
+
+use shadowlab_workloads::layout::{self, direct_map, pte};
+use shadowlab_workloads::Cpu;
+
+use super::*;
+use crate::mmu::check_translation;
+use shadowlab_policies::SyncPolicy;
+
+const PAGE: u64 = 4096;
+const UVA: u64 = layout::WORKLOAD_BASE;
+
+fn cfg(vcpus: usize, seed: u64) -> SimConfig {
+    SimConfig {
+        vcpus,
+        seed,
+        ram_bytes: 8 << 20,
+        pool_pages: 256,
+    }
+}
+
+/// A bump allocator over the vCPU's free frames and a 4-level mapper that writes PTEs through
+/// the direct map, as a guest kernel does.
+struct Pager {
+    next: u64,
+    end: u64,
+}
+
+impl Pager {
+    fn new(cpu: &impl Cpu) -> Self {
+        let r = cpu.free_frames();
+        Pager {
+            next: r.start,
+            end: r.end,
+        }
+    }
+
+    fn frame(&mut self) -> u64 {
+        assert!(self.next < self.end, "test pager out of frames");
+        let f = self.next;
+        self.next += PAGE;
+        f
+    }
+
+    fn entry(table: u64, gva: u64, level: u32) -> u64 {
+        direct_map(table + layout::pt_index(gva, level) as u64 * 8)
+    }
+
+    /// Maps `gva` → `gpa` in `root` with leaf `flags`; returns the direct-map gva of the leaf.
+    fn map(&mut self, cpu: &mut impl Cpu, root: u64, gva: u64, gpa: u64, flags: u64) -> u64 {
+        let mut table = root;
+        for level in (2..=4).rev() {
+            let e = Self::entry(table, gva, level);
+            let v = cpu.read_u64(e);
+            table = if v & pte::P != 0 {
+                v & pte::ADDR_MASK
+            } else {
+                let t = self.frame();
+                cpu.write_u64(e, t | pte::P | pte::W | pte::U);
+                t
+            };
+        }
+        let e = Self::entry(table, gva, 1);
+        cpu.write_u64(e, gpa | flags);
+        e
+    }
+}
+
+#[test]
+fn maps_writes_reads_and_remaps_with_invlpg() {
+    let run = run(&cfg(1, 1), |cpu| {
+        let mut p = Pager::new(cpu);
+        let root = cpu.boot_root();
+        let (a, b) = (p.frame(), p.frame());
+        cpu.write_u64(direct_map(a), 0xaaaa);
+        cpu.write_u64(direct_map(b), 0xbbbb);
+        let leaf = p.map(cpu, root, UVA, a, pte::P | pte::W);
+        assert_eq!(cpu.read_u64(UVA), 0xaaaa);
+        assert_eq!(cpu.read_u64(UVA), 0xaaaa);
+        cpu.write_u64(UVA + 8, 0x1234);
+        assert_eq!(cpu.read_u64(direct_map(a) + 8), 0x1234);
+        cpu.write_u64(leaf, b | pte::P | pte::W);
+        cpu.invlpg(UVA);
+        assert_eq!(cpu.read_u64(UVA), 0xbbbb);
+        assert!(cpu.vm().mmu().audit().is_ok());
+        cpu.stats()
+    })
+    .unwrap();
+    assert!(run.mmu.faults > 0);
+    assert!(run.mmu.unsyncs > 0, "the PT write went through unsync");
+    assert!(
+        run.mmu.emulated_writes > 0,
+        "the PML4/PDPT/PD writes were emulated"
+    );
+    assert!(run.cpus[0].tlb_hits > 0, "{:?}", run.cpus[0]);
+}
+
+#[test]
+fn a_missing_invlpg_leaves_a_stale_translation_as_hardware_may() {
+    run(&cfg(1, 2), |cpu| {
+        let mut p = Pager::new(cpu);
+        let root = cpu.boot_root();
+        let (a, b) = (p.frame(), p.frame());
+        cpu.write_u64(direct_map(a), 1);
+        cpu.write_u64(direct_map(b), 2);
+        let leaf = p.map(cpu, root, UVA, a, pte::P | pte::W);
+        assert_eq!(cpu.read_u64(UVA), 1);
+        cpu.write_u64(leaf, b | pte::P | pte::W);
+        assert_eq!(
+            cpu.read_u64(UVA),
+            1,
+            "no INVLPG yet: the TLB keeps the old frame"
+        );
+        cpu.flush_tlb();
+        assert_eq!(cpu.read_u64(UVA), 2);
+    })
+    .unwrap();
+}
+
+#[test]
+fn one_vcpu_is_deterministic_for_a_seed() {
+    let work = |cpu: &mut SimCpu<'_, BuildPolicy>| {
+        let mut p = Pager::new(cpu);
+        let root = cpu.boot_root();
+        let mut sum = 0;
+        for i in 0..64 {
+            let f = p.frame();
+            cpu.write_u64(direct_map(f), i * 3);
+            p.map(cpu, root, UVA + i * PAGE * 513, f, pte::P | pte::W);
+            sum += cpu.read_u64(UVA + i * PAGE * 513);
+            if i % 8 == 0 {
+                cpu.flush_tlb();
+            }
+        }
+        (sum, cpu.shadow_translate(UVA).map(|t| t.mpa_page).ok())
+    };
+    let strip = |mut s: crate::mmu::MmuStats| {
+        s.lock.read_wait_ns = 0;
+        s.lock.write_wait_ns = 0;
+        s
+    };
+    let a = run(&cfg(1, 7), work).unwrap();
+    let b = run(&cfg(1, 7), work).unwrap();
+    let c = run(&cfg(1, 8), work).unwrap();
+    assert_eq!(a.results, b.results);
+    assert_eq!(strip(a.mmu), strip(b.mmu));
+    assert_eq!(a.cpus, b.cpus);
+    assert_eq!(a.results[0].0, c.results[0].0, "same guest-visible result");
+    assert_ne!(a.results[0].1, c.results[0].1, "different backing frames");
+}
+
+#[test]
+fn a_guest_fault_stops_the_vcpu_with_an_error() {
+    let e = run(&cfg(1, 3), |cpu| cpu.read_u64(UVA)).unwrap_err();
+    match e {
+        SimError::Vcpu {
+            vcpu: 0,
+            fault: SimFault::Guest(f),
+        } => assert_eq!((f.gva, f.error_code), (UVA, 0)),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_pte_into_the_pool_faults_and_maps_nothing() {
+    run(&cfg(1, 4), |cpu| {
+        let mut p = Pager::new(cpu);
+        let root = cpu.boot_root();
+        let pool = cpu.vm().mem().pool_base();
+        p.map(cpu, root, UVA, pool, pte::P | pte::W);
+        match cpu.try_read_u64(UVA) {
+            Err(SimFault::Guest(f)) => assert!(f.is_reserved()),
+            other => panic!("{other:?}"),
+        }
+        assert!(cpu.shadow_translate(UVA).is_err());
+        assert!(cpu.tlb_entry(UVA).is_none());
+    })
+    .unwrap();
+}
+
+#[test]
+fn bad_cr3_and_misaligned_access_are_errors() {
+    run(&cfg(1, 5), |cpu| {
+        let ram = cpu.vm().mem().ram_bytes();
+        assert!(matches!(cpu.try_load_cr3(ram), Err(SimFault::Mmu(_))));
+        assert!(matches!(
+            cpu.try_read_u64(direct_map(4)),
+            Err(SimFault::Misaligned(_))
+        ));
+        // Still usable afterwards.
+        assert!(cpu.try_read_u64(direct_map(0)).is_ok());
+    })
+    .unwrap();
+    let e = run(&cfg(2, 5), |cpu| {
+        if cpu.id() == 0 {
+            cpu.load_cr3(1 << 45);
+        } else {
+            loop {
+                cpu.pause();
+            }
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SimError::Vcpu {
+                vcpu: 0,
+                fault: SimFault::Mmu(_)
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn shadow_agrees_with_guest_after_flush_across_root_switches() {
+    run(&cfg(1, 6), |cpu| {
+        let mut p = Pager::new(cpu);
+        let boot = cpu.boot_root();
+        // A second root sharing the direct map and the user PDPT.
+        let other = p.frame();
+        let dm = cpu.read_u64(direct_map(boot + layout::DIRECT_MAP_SLOT as u64 * 8));
+        cpu.write_u64(direct_map(other + layout::DIRECT_MAP_SLOT as u64 * 8), dm);
+        let frames: Vec<u64> = (0..8).map(|_| p.frame()).collect();
+        let gvas: Vec<u64> = (0..16).map(|i| UVA + i * PAGE * 37).collect();
+        let mut leaves = Vec::new();
+        for (i, &g) in gvas.iter().enumerate() {
+            let flags = [
+                pte::P | pte::W,
+                pte::P,
+                pte::P | pte::U | pte::NX,
+                pte::P | pte::W | pte::U,
+            ][i % 4];
+            leaves.push(p.map(cpu, boot, g, frames[i % 8], flags));
+            cpu.read_u64(g);
+        }
+        let user_pml4e = cpu.read_u64(direct_map(boot + layout::pt_index(UVA, 4) as u64 * 8));
+        cpu.write_u64(
+            direct_map(other + layout::pt_index(UVA, 4) as u64 * 8),
+            user_pml4e,
+        );
+        for round in 0..6u64 {
+            // Protect, remap and unmap some entries (leaf PT writes: the unsync path).
+            for (i, &l) in leaves.iter().enumerate() {
+                match (i as u64 + round) % 4 {
+                    0 => cpu.write_u64(l, frames[(i + 1) % 8] | pte::P | pte::W),
+                    1 => cpu.write_u64(l, frames[i % 8] | pte::P),
+                    2 => cpu.write_u64(l, 0),
+                    _ => {}
+                }
+            }
+            let root = if round % 2 == 0 { other } else { boot };
+            cpu.load_cr3(root);
+            for &g in &gvas {
+                let _ = cpu.try_read_u64(g);
+            }
+            for &g in &gvas {
+                let r = check_translation(g, &cpu.guest_translate(g), &cpu.shadow_translate(g));
+                assert!(r.is_ok(), "round {round}: {}", r.unwrap_err());
+            }
+            assert!(
+                cpu.vm().mmu().audit().is_ok(),
+                "{:?}",
+                cpu.vm().mmu().audit()
+            );
+        }
+    })
+    .unwrap();
+}
+
+/// The race the protocol guards against: vCPU 0 rewrites a leaf PTE in a page table that
+/// vCPU 1's root also uses, then publishes a generation; vCPU 1 flushes its own TLB and must
+/// read the frame of that generation, never the previous one. Returns (stale reads, stats).
+fn unsync_race<P: SyncPolicy>(iters: u64, seed: u64) -> (u64, crate::mmu::MmuStats) {
+    let c = SimConfig {
+        vcpus: 2,
+        seed,
+        ram_bytes: 8 << 20,
+        pool_pages: 256,
+    };
+    let run = run_with::<P, _, _>(&c, |cpu| {
+        // The mailbox: the last RAM frame (in vCPU 1's free range, which it never allocates).
+        let ram = cpu.vm().mem().ram_bytes();
+        let mbox = direct_map(ram - PAGE);
+        let (ready, gen, ack) = (mbox, mbox + 8, mbox + 16);
+        if cpu.id() == 0 {
+            let mut p = Pager::new(cpu);
+            let (a, b) = (p.frame(), p.frame());
+            cpu.write_u64(direct_map(a), 0xa);
+            cpu.write_u64(direct_map(b), 0xb);
+            let leaf = p.map(cpu, cpu.boot_root(), UVA, a, pte::P | pte::W);
+            // Share the user half with vCPU 1's root (boot PML4s are consecutive frames).
+            let slot = 8 * layout::pt_index(UVA, 4) as u64;
+            let pml4e = cpu.read_u64(direct_map(cpu.boot_root() + slot));
+            cpu.write_u64(direct_map(cpu.boot_root() + PAGE + slot), pml4e);
+            cpu.write_u64(ready, 1);
+            for i in 1..=iters {
+                let frame = if i % 2 == 1 { b } else { a };
+                cpu.write_u64(leaf, frame | pte::P | pte::W);
+                cpu.write_u64(gen, i);
+                while cpu.read_u64(ack) != i {
+                    cpu.pause();
+                }
+            }
+            0
+        } else {
+            while cpu.read_u64(ready) != 1 {
+                cpu.pause();
+            }
+            let mut stale = 0;
+            for i in 1..=iters {
+                while cpu.read_u64(gen) != i {
+                    cpu.pause();
+                }
+                cpu.flush_tlb();
+                let want = if i % 2 == 1 { 0xb } else { 0xa };
+                if cpu.read_u64(UVA) != want {
+                    stale += 1;
+                }
+                cpu.write_u64(ack, i);
+            }
+            stale
+        }
+    })
+    .unwrap();
+    (run.results[1], run.mmu)
+}
+
+#[test]
+fn unsync_race_sees_no_stale_translation_after_flush() {
+    const ITERS: u64 = 2000;
+    let (stale, s) = unsync_race::<BuildPolicy>(ITERS, 9);
+    assert_eq!(stale, 0, "stale translations after a flush");
+    assert!(s.unsyncs >= ITERS / 2, "{s:?}");
+    assert!(s.syncs >= ITERS / 2);
+    assert!(s.remote_tlb_flushes > 0);
+}
+
+#[test]
+fn every_policy_runs_in_one_build_and_only_always_lock_never_skips() {
+    use shadowlab_policies::{AcquireLoad, AlwaysLock, RmbFence, SeqCstFence};
+    let (stale, s) = unsync_race::<AcquireLoad>(200, 1);
+    assert_eq!(stale, 0);
+    assert!(s.sync_roots_lockless_skips > 0);
+    let (stale, s) = unsync_race::<RmbFence>(200, 1);
+    assert_eq!(stale, 0);
+    assert!(s.sync_roots_lockless_skips > 0);
+    let (stale, s) = unsync_race::<SeqCstFence>(200, 1);
+    assert_eq!(stale, 0);
+    assert!(s.sync_roots_lockless_skips > 0);
+    let (stale, s) = unsync_race::<AlwaysLock>(200, 1);
+    assert_eq!(stale, 0);
+    assert_eq!(s.sync_roots_lockless_skips, 0);
+    assert!(s.lock.write_acquisitions >= s.sync_roots);
+}
+
+/// Two vCPUs map, remap, unmap and switch roots concurrently on a pool small enough that
+/// pages are recycled all the time; every read must see the frame just mapped, every read of
+/// an unmapped page must fault, and the MMU must be consistent at the end.
+#[test]
+fn concurrent_churn_on_a_tiny_pool_stays_correct() {
+    use crate::rng::SplitMix64;
+    const OPS: u64 = 3000;
+    let c = SimConfig {
+        vcpus: 2,
+        seed: 11,
+        ram_bytes: 8 << 20,
+        pool_pages: 24,
+    };
+    let run = run(&c, |cpu| {
+        let mut rng = SplitMix64::new(cpu.id() as u64 + 100);
+        let mut p = Pager::new(cpu);
+        let boot = cpu.boot_root();
+        // A second root sharing the direct map; user mappings are made in both.
+        let alt = p.frame();
+        let dm = direct_map(boot + layout::DIRECT_MAP_SLOT as u64 * 8);
+        let dme = cpu.read_u64(dm);
+        cpu.write_u64(direct_map(alt + layout::DIRECT_MAP_SLOT as u64 * 8), dme);
+        let frames: Vec<u64> = (0..16).map(|_| p.frame()).collect();
+        for (k, &f) in frames.iter().enumerate() {
+            cpu.write_u64(direct_map(f), ((cpu.id() as u64) << 32) | k as u64);
+        }
+        // 32 slots spread over several PDs and PTs.
+        let slots: Vec<u64> = (0..32u64)
+            .map(|i| UVA + (i % 4) * (1 << 30) + (i / 4) * (1 << 21))
+            .collect();
+        let mut mapped: Vec<Option<usize>> = vec![None; slots.len()];
+        let mut leaves: Vec<Option<u64>> = vec![None; slots.len()];
+        let mut cur = boot;
+        let mut errors = 0u64;
+        for _ in 0..OPS {
+            let s = rng.below(slots.len() as u64) as usize;
+            let g = slots[s];
+            match rng.below(8) {
+                0..=3 => {
+                    let k = rng.below(frames.len() as u64) as usize;
+                    let flags = pte::P | pte::W;
+                    let l1 = p.map(cpu, boot, g, frames[k], flags);
+                    p.map(cpu, alt, g, frames[k], flags);
+                    leaves[s] = Some(l1);
+                    mapped[s] = Some(k);
+                    cpu.invlpg(g);
+                }
+                // Unmap in both roots (the PTs are separate per root).
+                4 if leaves[s].is_some() => {
+                    for root in [boot, alt] {
+                        let l = p.map(cpu, root, g, 0, 0);
+                        cpu.write_u64(l, 0);
+                    }
+                    mapped[s] = None;
+                    cpu.invlpg(g);
+                }
+                5 => {
+                    cur = if cur == boot { alt } else { boot };
+                    cpu.load_cr3(cur);
+                }
+                6 => cpu.flush_tlb(),
+                _ => {}
+            }
+            match (mapped[s], cpu.try_read_u64(g)) {
+                (Some(k), Ok(v)) if v == ((cpu.id() as u64) << 32) | k as u64 => {}
+                (None, Err(SimFault::Guest(_))) => {}
+                _ => errors += 1,
+            }
+        }
+        // The other vCPU may still be running: the audit takes the read lock and sees a
+        // state between two write-locked operations, where every invariant must hold.
+        if let Err(e) = cpu.vm().mmu().audit() {
+            panic!("audit on vCPU {}: {e}", cpu.id());
+        }
+        errors
+    })
+    .unwrap();
+    assert_eq!(run.results, vec![0, 0]);
+    assert!(run.mmu.recycled > 100, "{:?}", run.mmu);
+    assert!(run.mmu.remote_tlb_flushes > 0);
+}
+
+/// A recursive (self-mapping) PML4 slot, as some kernels use: the guest reads and writes its
+/// own PML4 through it. Hardware simply follows the loop; here the PML4 is then shadowed at
+/// every level, and writes through the alias must be emulated (never granted) so that the
+/// shadow root follows them.
+#[test]
+fn recursive_pml4_slot_behaves_as_on_hardware() {
+    run(&cfg(1, 12), |cpu| {
+        let mut p = Pager::new(cpu);
+        let root = cpu.boot_root();
+        cpu.write_u64(direct_map(root + 5 * 8), root | pte::P | pte::W);
+        let rec = (5u64 << 39) | (5 << 30) | (5 << 21) | (5 << 12);
+        let dm_entry = cpu.read_u64(direct_map(root + layout::DIRECT_MAP_SLOT as u64 * 8));
+        assert_eq!(
+            cpu.read_u64(rec + layout::DIRECT_MAP_SLOT as u64 * 8),
+            dm_entry
+        );
+        // Build a user PDPT/PD/PT by hand and link it into the PML4 *through the alias*.
+        let (pdpt, pd, pt, data) = (p.frame(), p.frame(), p.frame(), p.frame());
+        cpu.write_u64(direct_map(data), 0x5eed);
+        cpu.write_u64(
+            direct_map(pdpt + 8 * layout::pt_index(UVA, 3) as u64),
+            pd | pte::P | pte::W,
+        );
+        cpu.write_u64(
+            direct_map(pd + 8 * layout::pt_index(UVA, 2) as u64),
+            pt | pte::P | pte::W,
+        );
+        cpu.write_u64(
+            direct_map(pt + 8 * layout::pt_index(UVA, 1) as u64),
+            data | pte::P | pte::W,
+        );
+        let slot = layout::pt_index(UVA, 4) as u64;
+        cpu.write_u64(rec + 8 * slot, pdpt | pte::P | pte::W);
+        assert_eq!(
+            cpu.read_u64(direct_map(root + 8 * slot)),
+            pdpt | pte::P | pte::W
+        );
+        assert_eq!(cpu.read_u64(UVA), 0x5eed);
+        // The alias never became writable: the write was emulated.
+        let t = cpu.shadow_translate(rec).unwrap();
+        assert_eq!(t.access & crate::mmu::spte::ACC_WRITE, 0);
+        assert!(cpu.vm().mmu().stats().emulations > 0);
+        // Unlink it again through the alias; after a flush the user half is gone.
+        cpu.write_u64(rec + 8 * slot, 0);
+        cpu.flush_tlb();
+        assert!(matches!(cpu.try_read_u64(UVA), Err(SimFault::Guest(_))));
+        assert!(cpu.vm().mmu().audit().is_ok());
+    })
+    .unwrap();
+}
