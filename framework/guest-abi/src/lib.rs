@@ -249,6 +249,14 @@ pub mod program {
     pub const SYNC_PRINTF: u64 = 6;
     /// Built-in: spins forever without exiting (tests the watchdog and kicks).
     pub const SPIN: u64 = 7;
+    /// Built-in: probes whether the host notices page-table entries rewritten by the VMM from
+    /// userspace. Maps a page, reads it, then asks (SYNC stage [`COHERENCE_STAGE`], value = the
+    /// leaf PTE's gpa; the shared page holds the new PTE) for the PTE to be retargeted, and reads
+    /// it again after INVLPG, after a flush and after a CR3 switch away and back. DONE args:
+    /// the four values read (0xAAAA: old page, 0xBBBB: new page).
+    pub const COHERENCE_PROBE: u64 = 8;
+    /// The SYNC stage of [`COHERENCE_PROBE`]'s request.
+    pub const COHERENCE_STAGE: u64 = 0xc0de;
 }
 
 /// Per-vCPU boot parameters, in the boot-info page.

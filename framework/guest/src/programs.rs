@@ -6,7 +6,8 @@ use shadowlab_guest_abi::{
     program, report_words, status, BootInfo, UcallCmd, UcallMsg, WORKLOAD_BASE_ID,
 };
 use shadowlab_workloads::layout::{DIRECT_MAP_BASE, WORKLOAD_BASE};
-use shadowlab_workloads::{Cpu, Params, Run, Workload};
+use shadowlab_workloads::layout::{direct_map, pt_index};
+use shadowlab_workloads::{Cpu, Flags, FrameAlloc, PageTables, Params, PtError, Run, Workload};
 
 use crate::cpu::GuestCpu;
 use crate::{guest_assert, guest_printf, ucall};
@@ -34,6 +35,7 @@ pub fn run(cpu: &mut GuestCpu, info: &BootInfo) -> ! {
             ucall::sync(2, 42);
             ucall::done([3, 0, 0, 0, 0, 0])
         }
+        program::COHERENCE_PROBE => coherence_probe(cpu),
         program::SPIN => loop {
             cpu.pause()
         },
@@ -84,6 +86,39 @@ fn run_workload(cpu: &mut GuestCpu, info: &BootInfo, index: usize) -> ! {
     block[report_words::LAT_BUCKETS..]
         .copy_from_slice(&r.latency.buckets[..report_words::NR_BUCKETS]);
     ucall::done_with_report([r.ops, t0, t1, 0, 0, 0], &block)
+}
+
+/// See `program::COHERENCE_PROBE`.
+fn coherence_probe(cpu: &mut GuestCpu) -> ! {
+    let mut frames = FrameAlloc::for_cpu(cpu);
+    let boot = cpu.boot_root();
+    let built = (|| -> Result<(u64, u64, u64), PtError> {
+        let mut pt = PageTables::new_root(cpu, &mut frames, boot, &[])?;
+        let a = frames.alloc(cpu)?;
+        let b = frames.alloc(cpu)?;
+        cpu.write_u64(direct_map(a), 0xaaaa);
+        cpu.write_u64(direct_map(b), 0xbbbb);
+        pt.map(cpu, &mut frames, WORKLOAD_BASE, a, Flags::RW)?;
+        let leaf = pt.leaf_table(cpu, WORKLOAD_BASE)? + 8 * pt_index(WORKLOAD_BASE, 1) as u64;
+        Ok((pt.root(), leaf, b | Flags::RW.bits()))
+    })();
+    let (root, leaf, new_pte) = match built {
+        Ok(v) => v,
+        Err(e) => ucall::abort(file!(), line!(), format_args!("coherence probe setup: {e}")),
+    };
+    cpu.load_cr3(root);
+    let before = cpu.read_u64(WORKLOAD_BASE);
+    cpu.write_u64(direct_map(cpu.shared_page()), new_pte);
+    ucall::sync(program::COHERENCE_STAGE, leaf);
+    cpu.invlpg(WORKLOAD_BASE);
+    let after_invlpg = cpu.read_u64(WORKLOAD_BASE);
+    cpu.flush_tlb();
+    let after_flush = cpu.read_u64(WORKLOAD_BASE);
+    cpu.load_cr3(boot);
+    cpu.load_cr3(root);
+    let after_switch = cpu.read_u64(WORKLOAD_BASE);
+    cpu.load_cr3(boot);
+    ucall::done([before, after_invlpg, after_flush, after_switch, 0, 0])
 }
 
 /// `iters` no-op hypercalls through the `Cpu` trait, timed with the TSC.
