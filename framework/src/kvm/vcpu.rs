@@ -155,110 +155,130 @@ where
     M: GuestPhys + ?Sized,
     H: MmuHooks + ?Sized,
 {
-    let kick = &sh.kicks[index];
     let mut st = ExitState::new(index);
+    loop {
+        if let Some(outcome) = step(vcpu, index, sh, &mut st)? {
+            return Ok((st, outcome));
+        }
+    }
+}
+
+/// The outcome of a vCPU that stopped: DONE or its failure.
+pub type Outcome = Result<super::report::Done, GuestFailure>;
+
+/// One round of the vCPU loop: pending requests, one KVM_RUN, the exit decoded and handled.
+/// `Ok(None)`: re-enter. Public so that a benchmark can drive the real VMM path exit by exit.
+pub fn step<M, H>(
+    vcpu: &mut VcpuFd,
+    index: usize,
+    sh: &Shared<'_, M, H>,
+    st: &mut ExitState,
+) -> Result<Option<Outcome>, KvmError>
+where
+    M: GuestPhys + ?Sized,
+    H: MmuHooks + ?Sized,
+{
+    let kick = &sh.kicks[index];
     let fail = |st: &ExitState, vcpu: &VcpuFd, kind: FailureKind| GuestFailure {
         kind,
         regs: regs_of(vcpu),
         last_message: st.last_message.clone(),
     };
-    loop {
-        if kick.check_request(REQ_STOP) {
-            let kind = if sh.timed_out.load(Ordering::Acquire) {
-                FailureKind::Timeout {
-                    millis: sh.timeout_ms,
-                }
-            } else {
-                FailureKind::Stopped("another vCPU failed".into())
-            };
-            return Ok((st.clone(), Err(fail(&st, vcpu, kind))));
-        }
-        if kick.check_request(REQ_TLB_FLUSH) {
-            match sh.mmu.flush_before_entry(index) {
-                Ok(Some(cr3)) => set_cr3(vcpu, index, cr3)?,
-                Ok(None) => {}
-                Err(e) => return Ok((st.clone(), Err(fail(&st, vcpu, FailureKind::Mmu(e.0))))),
+    if kick.check_request(REQ_STOP) {
+        let kind = if sh.timed_out.load(Ordering::Acquire) {
+            FailureKind::Timeout {
+                millis: sh.timeout_ms,
             }
-        }
-        let decoded = match vcpu.run() {
-            Ok(exit) => decode(exit),
-            Err(e) if e.errno() == libc::EINTR => {
-                st.exits.kicked += 1;
-                kick.clear_immediate_exit();
-                continue;
-            }
-            Err(source) => {
-                return Err(KvmError::Run {
-                    vcpu: index,
-                    source,
-                })
-            }
+        } else {
+            FailureKind::Stopped("another vCPU failed".into())
         };
-        let mut refused_out_next_rip = None;
-        let decoded = match decoded {
-            DecodedExit::IoOut {
-                port: EXCEPTION_PORT,
-                ..
-            } => {
-                let frame = monitor::read_frame(sh.monitor, index)?;
-                if let Some((port, next_rip)) = refused_out(sh.mem, &frame) {
-                    st.exits.emulated_out += 1;
-                    refused_out_next_rip = Some(next_rip);
-                    DecodedExit::IoOut {
-                        port,
-                        size: 4,
-                        value: frame.rax as u32,
-                    }
-                } else {
-                    let cr2 = vcpu
-                        .get_sregs()
-                        .map_err(|source| KvmError::GetSregs {
-                            vcpu: index,
-                            source,
-                        })?
-                        .cr2;
-                    DecodedExit::Exception { frame, cr2 }
-                }
-            }
-            DecodedExit::InternalError { .. } => {
-                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
-                // active union member.
-                let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                DecodedExit::InternalError { suberror }
-            }
-            d => d,
-        };
-        let action = handle_exit(&mut st, decoded, sh.mem, sh.mmu);
-        if let (
-            Some(rip),
-            ExitAction::Resume | ExitAction::ResumeSetCr3(_) | ExitAction::ResumeRejectAddress,
-        ) = (refused_out_next_rip, &action)
-        {
-            // The `out` was emulated: the stub's iretq returns past it.
-            monitor::set_frame_rip(sh.monitor, index, rip)?;
-        }
-        match action {
-            ExitAction::Resume => {}
-            ExitAction::ResumeSetCr3(cr3) => set_cr3(vcpu, index, cr3)?,
-            ExitAction::ResumeRejectAddress if refused_out_next_rip.is_some() => {
-                monitor::set_frame_rax(sh.monitor, index, u64::from(u32::MAX))?;
-            }
-            ExitAction::ResumeRejectAddress => {
-                let mut r = vcpu.get_regs().map_err(|source| KvmError::GetRegs {
-                    vcpu: index,
-                    source,
-                })?;
-                r.rax = u64::from(u32::MAX);
-                vcpu.set_regs(&r).map_err(|source| KvmError::SetRegs {
-                    vcpu: index,
-                    source,
-                })?;
-            }
-            ExitAction::Stop(Ok(done)) => return Ok((st, Ok(done))),
-            ExitAction::Stop(Err(kind)) => {
-                let f = fail(&st, vcpu, kind);
-                return Ok((st, Err(f)));
-            }
+        return Ok(Some(Err(fail(st, vcpu, kind))));
+    }
+    if kick.check_request(REQ_TLB_FLUSH) {
+        match sh.mmu.flush_before_entry(index) {
+            Ok(Some(cr3)) => set_cr3(vcpu, index, cr3)?,
+            Ok(None) => {}
+            Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.0))))),
         }
     }
+    let decoded = match vcpu.run() {
+        Ok(exit) => decode(exit),
+        Err(e) if e.errno() == libc::EINTR => {
+            st.exits.kicked += 1;
+            kick.clear_immediate_exit();
+            return Ok(None);
+        }
+        Err(source) => {
+            return Err(KvmError::Run {
+                vcpu: index,
+                source,
+            })
+        }
+    };
+    let mut refused_out_next_rip = None;
+    let decoded = match decoded {
+        DecodedExit::IoOut {
+            port: EXCEPTION_PORT,
+            ..
+        } => {
+            let frame = monitor::read_frame(sh.monitor, index)?;
+            if let Some((port, next_rip)) = refused_out(sh.mem, &frame) {
+                st.exits.emulated_out += 1;
+                refused_out_next_rip = Some(next_rip);
+                DecodedExit::IoOut {
+                    port,
+                    size: 4,
+                    value: frame.rax as u32,
+                }
+            } else {
+                let cr2 = vcpu
+                    .get_sregs()
+                    .map_err(|source| KvmError::GetSregs {
+                        vcpu: index,
+                        source,
+                    })?
+                    .cr2;
+                DecodedExit::Exception { frame, cr2 }
+            }
+        }
+        DecodedExit::InternalError { .. } => {
+            // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+            // active union member.
+            let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+            DecodedExit::InternalError { suberror }
+        }
+        d => d,
+    };
+    let action = handle_exit(st, decoded, sh.mem, sh.mmu);
+    if let (
+        Some(rip),
+        ExitAction::Resume | ExitAction::ResumeSetCr3(_) | ExitAction::ResumeRejectAddress,
+    ) = (refused_out_next_rip, &action)
+    {
+        // The `out` was emulated: the stub's iretq returns past it.
+        monitor::set_frame_rip(sh.monitor, index, rip)?;
+    }
+    match action {
+        ExitAction::Resume => {}
+        ExitAction::ResumeSetCr3(cr3) => set_cr3(vcpu, index, cr3)?,
+        ExitAction::ResumeRejectAddress if refused_out_next_rip.is_some() => {
+            monitor::set_frame_rax(sh.monitor, index, u64::from(u32::MAX))?;
+        }
+        ExitAction::ResumeRejectAddress => {
+            let mut r = vcpu.get_regs().map_err(|source| KvmError::GetRegs {
+                vcpu: index,
+                source,
+            })?;
+            r.rax = u64::from(u32::MAX);
+            vcpu.set_regs(&r).map_err(|source| KvmError::SetRegs {
+                vcpu: index,
+                source,
+            })?;
+        }
+        ExitAction::Stop(Ok(done)) => return Ok(Some(Ok(done))),
+        ExitAction::Stop(Err(kind)) => {
+            return Ok(Some(Err(fail(st, vcpu, kind))));
+        }
+    }
+    Ok(None)
 }
