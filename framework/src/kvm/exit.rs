@@ -3,6 +3,7 @@
 
 use shadowlab_guest_abi::{status, NOP_PORT, UCALL_PORT};
 
+use super::emulate::{decode_store, Gprs};
 use super::hooks::{FaultOutcome, MmuHooks};
 use super::monitor::ExceptionFrame;
 use super::report::{Done, ExitCounts, FailureKind, WorkloadReport};
@@ -73,6 +74,14 @@ pub enum ExitAction {
     /// The ucall's message address was refused: set RAX to `u32::MAX` (the guest's "rejected"
     /// signal), then re-enter.
     ResumeRejectAddress,
+    /// Emulate the store at the fault's RIP to guest-physical `gpa`: the vCPU loop fetches
+    /// the instruction and the registers and finishes with [`complete_emulation`].
+    EmulateStore {
+        /// Target of the store.
+        gpa: u64,
+        /// The exception frame (RIP, RAX/RDX as the guest had them).
+        frame: ExceptionFrame,
+    },
     /// Stop this vCPU: DONE or a failure.
     Stop(Result<Done, FailureKind>),
 }
@@ -129,6 +138,9 @@ where
                         st.exits.page_fault_fixed += 1;
                         return ExitAction::Resume;
                     }
+                    Ok(FaultOutcome::Emulate { gpa }) => {
+                        return ExitAction::EmulateStore { gpa, frame }
+                    }
                     Ok(FaultOutcome::GuestFault) => {}
                     Err(e) => return ExitAction::Stop(Err(FailureKind::Mmu(e.0))),
                 }
@@ -164,6 +176,26 @@ where
             ExitAction::Stop(Err(FailureKind::UnexpectedExit(what)))
         }
     }
+}
+
+/// Finishes an [`ExitAction::EmulateStore`]: decodes the faulting instruction from `insn`
+/// (bytes fetched at the frame's RIP) with the guest's registers, hands the store to the MMU,
+/// and returns the RIP to resume at. Anything but a MOV-family store, or an MMU error, stops
+/// the vCPU with a report naming the instruction's bytes.
+pub fn complete_emulation<H: MmuHooks + ?Sized>(
+    st: &mut ExitState,
+    gpa: u64,
+    frame: &ExceptionFrame,
+    insn: &[u8],
+    gprs: &Gprs,
+    mmu: &H,
+) -> Result<u64, FailureKind> {
+    let store =
+        decode_store(frame.rip, insn, gprs).map_err(|e| FailureKind::Emulation(e.to_string()))?;
+    mmu.emulated_write(st.vcpu, gpa, store.value, store.len)
+        .map_err(|e| FailureKind::Mmu(e.0))?;
+    st.exits.emulated_write += 1;
+    Ok(frame.rip + store.insn_len as u64)
 }
 
 /// Reads the workload report block of a DONE (`len` 0: none). Refused unless it is exactly
@@ -625,6 +657,98 @@ mod tests {
             mmu.calls.lock().unwrap().len(),
             1,
             "only #PF reaches the MMU"
+        );
+    }
+
+    /// Asks for emulation of every write fault at or above 0x2000_0000 and records the writes.
+    #[derive(Default)]
+    struct EmulatingMmu {
+        writes: Mutex<Vec<(u64, u64, u8)>>,
+    }
+    impl MmuHooks for EmulatingMmu {
+        fn page_fault(&self, _: usize, gva: u64, _: u64) -> Result<FaultOutcome, HookError> {
+            Ok(FaultOutcome::Emulate {
+                gpa: gva - 0x2000_0000,
+            })
+        }
+        fn load_cr3(&self, _: usize, _: u64) -> Result<Option<u64>, HookError> {
+            Ok(None)
+        }
+        fn invlpg(&self, _: usize, _: u64) -> Result<bool, HookError> {
+            Ok(true)
+        }
+        fn flush_tlb(&self, _: usize) -> Result<bool, HookError> {
+            Ok(true)
+        }
+        fn emulated_write(&self, _: usize, gpa: u64, value: u64, len: u8) -> Result<(), HookError> {
+            if gpa == 0xbad {
+                return Err(HookError("not a page table".into()));
+            }
+            self.writes.lock().unwrap().push((gpa, value, len));
+            Ok(())
+        }
+        fn flush_before_entry(&self, _: usize) -> Result<Option<u64>, HookError> {
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn a_write_protected_store_is_decoded_and_emulated() {
+        let ram = ram();
+        let mmu = EmulatingMmu::default();
+        let mut st = ExitState::new(0);
+        let frame = ExceptionFrame {
+            vector: 14,
+            error_code: 3,
+            rip: 0x40_1000,
+            rax: 0x8000_0000_1234_5067,
+            ..Default::default()
+        };
+        let action = handle_exit(
+            &mut st,
+            DecodedExit::Exception {
+                frame,
+                cr2: 0x2000_5008,
+            },
+            &ram,
+            &mmu,
+        );
+        assert_eq!(action, ExitAction::EmulateStore { gpa: 0x5008, frame });
+        // mov [rdi], rax
+        let next = complete_emulation(
+            &mut st,
+            0x5008,
+            &frame,
+            &[0x48, 0x89, 0x07, 0x90],
+            &Gprs::default(),
+            &mmu,
+        );
+        // Gprs::default() has rax = 0: the frame's saved RAX is what Gprs::at_fault would supply.
+        assert_eq!(next, Ok(0x40_1003));
+        assert_eq!(*mmu.writes.lock().unwrap(), vec![(0x5008, 0, 8)]);
+        assert_eq!(st.exits.emulated_write, 1);
+        // Not a store: a clear failure naming the bytes; an MMU refusal: an MMU failure.
+        match complete_emulation(
+            &mut st,
+            0x5008,
+            &frame,
+            &[0x48, 0x01, 0x07],
+            &Gprs::default(),
+            &mmu,
+        ) {
+            Err(FailureKind::Emulation(m)) => assert!(m.contains("[48, 01, 07]"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            complete_emulation(
+                &mut st,
+                0xbad,
+                &frame,
+                &[0x48, 0x89, 0x07],
+                &Gprs::default(),
+                &mmu
+            ),
+            Err(FailureKind::Mmu("not a page table".into()))
         );
     }
 

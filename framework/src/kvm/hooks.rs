@@ -11,6 +11,13 @@ pub enum FaultOutcome {
     /// A genuine guest fault: the guest's own tables do not allow the access. The guest runtime
     /// has no #PF handler, so the run fails with a report.
     GuestFault,
+    /// A store to a write-protected guest page table that must be emulated: the VMM decodes
+    /// the faulting instruction (`kvm::emulate`), calls [`MmuHooks::emulated_write`] with the
+    /// decoded value at `gpa`, and resumes after the instruction.
+    Emulate {
+        /// Guest-physical address written.
+        gpa: u64,
+    },
 }
 
 /// An MMU operation failed (a VMM-side error, not a guest one).

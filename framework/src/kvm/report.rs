@@ -114,6 +114,8 @@ pub enum FailureKind {
     Mmu(String),
     /// Stopped because another vCPU failed first.
     Stopped(String),
+    /// A store to a guest page table that cannot be emulated (not a MOV-family store).
+    Emulation(String),
 }
 
 /// A vCPU's failure, with its registers and last ucall message.
@@ -153,6 +155,7 @@ impl fmt::Display for GuestFailure {
             }
             FailureKind::Mmu(e) => write!(f, "MMU error: {e}")?,
             FailureKind::Stopped(why) => write!(f, "stopped: {why}")?,
+            FailureKind::Emulation(why) => write!(f, "emulation failed: {why}")?,
         }
         if let Some(m) = &self.last_message {
             write!(f, "; last guest message: {m:?}")?;
@@ -179,6 +182,8 @@ pub struct ExitCounts {
     pub exception: u64,
     /// Page faults fixed by the MMU.
     pub page_fault_fixed: u64,
+    /// Guest page-table stores emulated.
+    pub emulated_write: u64,
     /// Hypercall `out`s that reached the VMM as a #GP (a host that refuses CPL3 port I/O
     /// despite IOPL=3) and were emulated; they are also counted as `nop`/`ucall`.
     pub emulated_out: u64,

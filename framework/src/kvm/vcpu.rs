@@ -7,8 +7,9 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use shadowlab_guest_abi::{EXCEPTION_PORT, HYPERCALL_MMIO_GPA, NOP_PORT, UCALL_PORT};
 use shadowlab_workloads::layout::DIRECT_MAP_BASE;
 
+use super::emulate::Gprs;
 use super::error::KvmError;
-use super::exit::{handle_exit, DecodedExit, ExitAction, ExitState};
+use super::exit::{complete_emulation, handle_exit, DecodedExit, ExitAction, ExitState};
 use super::hooks::MmuHooks;
 use super::kick::{make_all_cpus_request, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
 use super::monitor;
@@ -68,6 +69,21 @@ fn decode(exit: VcpuExit<'_>) -> DecodedExit {
         VcpuExit::MmioWrite(gpa, _) => DecodedExit::Mmio { gpa, write: true },
         other => DecodedExit::Other(format!("{other:?}")),
     }
+}
+
+/// Up to 15 instruction bytes at `rip`, read through the direct map (the guest runs code only
+/// from there); fewer (possibly none) at the end of guest RAM or outside the direct map, which
+/// the decoder then reports as undecodable.
+pub fn fetch_insn<M: GuestPhys + ?Sized>(mem: &M, rip: u64) -> Vec<u8> {
+    let Some(gpa) = rip.checked_sub(DIRECT_MAP_BASE) else {
+        return Vec::new();
+    };
+    let n = mem.ram_size().saturating_sub(gpa).min(15) as usize;
+    let mut buf = vec![0u8; n];
+    if mem.read(gpa, &mut buf).is_err() {
+        buf.clear();
+    }
+    buf
 }
 
 /// If `frame` is a #GP the guest took on its own `out dx, eax` / `out imm8, eax` to a hypercall
@@ -274,6 +290,18 @@ where
                 vcpu: index,
                 source,
             })?;
+        }
+        ExitAction::EmulateStore { gpa, frame } => {
+            let regs = vcpu.get_regs().map_err(|source| KvmError::GetRegs {
+                vcpu: index,
+                source,
+            })?;
+            let gprs = Gprs::at_fault(&regs, &frame);
+            let insn = fetch_insn(sh.mem, frame.rip);
+            match complete_emulation(st, gpa, &frame, &insn, &gprs, sh.mmu) {
+                Ok(next_rip) => monitor::set_frame_rip(sh.monitor, index, next_rip)?,
+                Err(kind) => return Ok(Some(Err(fail(st, vcpu, kind)))),
+            }
         }
         ExitAction::Stop(Ok(done)) => return Ok(Some(Ok(done))),
         ExitAction::Stop(Err(kind)) => {
