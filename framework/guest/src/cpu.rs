@@ -96,9 +96,16 @@ impl Cpu for GuestCpu {
             // SAFETY: the workload hands us the root of page tables it built, which map the
             // direct map (our code, data and stack) like the boot root; the monitor slot is
             // the VMM's and stays linked by convention. A bad root faults into the monitor.
-            // We run at CPL3: the monitor's native-op gate does the `mov cr3, rdi`.
+            // We run at CPL3: the monitor's native-op gate does the `mov cr3, rdi` (and links
+            // the monitor into the root first); it clobbers RAX and RDX.
             unsafe {
-                asm!("int3", in("eax") native_op::LOAD_CR3, in("rdi") root, options(nostack))
+                asm!(
+                    "int3",
+                    inout("eax") native_op::LOAD_CR3 => _,
+                    in("rdi") root,
+                    out("rdx") _,
+                    options(nostack)
+                )
             };
         } else {
             Self::mmu_call(UcallCmd::LoadCr3, root);
@@ -108,7 +115,9 @@ impl Cpu for GuestCpu {
     fn invlpg(&mut self, gva: u64) {
         if self.native {
             // SAFETY: the monitor's gate does `invlpg [rdi]`, which only drops a TLB entry.
-            unsafe { asm!("int3", in("eax") native_op::INVLPG, in("rdi") gva, options(nostack)) };
+            unsafe {
+                asm!("int3", inout("eax") native_op::INVLPG => _, in("rdi") gva, out("rdx") _, options(nostack))
+            };
         } else {
             Self::mmu_call(UcallCmd::Invlpg, gva);
         }
@@ -118,7 +127,9 @@ impl Cpu for GuestCpu {
         if self.native {
             // SAFETY: the monitor's gate reloads CR3 with its own value, which flushes
             // non-global TLB entries only.
-            unsafe { asm!("int3", in("eax") native_op::FLUSH_TLB, options(nostack)) };
+            unsafe {
+                asm!("int3", inout("eax") native_op::FLUSH_TLB => _, out("rdx") _, options(nostack))
+            };
         } else {
             Self::mmu_call(UcallCmd::FlushTlb, 0);
         }

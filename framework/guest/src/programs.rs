@@ -5,8 +5,8 @@ use core::arch::asm;
 use shadowlab_guest_abi::{
     program, report_words, status, BootInfo, UcallCmd, UcallMsg, WORKLOAD_BASE_ID,
 };
-use shadowlab_workloads::layout::{DIRECT_MAP_BASE, WORKLOAD_BASE};
 use shadowlab_workloads::layout::{direct_map, pt_index};
+use shadowlab_workloads::layout::{DIRECT_MAP_BASE, WORKLOAD_BASE};
 use shadowlab_workloads::{Cpu, Flags, FrameAlloc, PageTables, Params, PtError, Run, Workload};
 
 use crate::cpu::GuestCpu;

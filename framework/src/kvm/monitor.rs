@@ -121,7 +121,11 @@ pub fn stub_code() -> Vec<u8> {
     code
 }
 
-/// The native-op gate: dispatch on EAX (see [`NATIVE_GATE_VECTOR`]).
+/// The native-op gate: dispatch on EAX (see [`NATIVE_GATE_VECTOR`]). The gate clobbers RAX
+/// and RDX (the guest's `int3` declares them) and touches no stack: on a software-virtualised
+/// host its instructions are emulated, and every emulated store counts as a guest page-table
+/// write in the host's `mmu_pte_write` while shadow pages exist, which would pollute the
+/// `native` statistics.
 ///
 /// LOAD_CR3 first links the monitor into the new root (PML4 slot 511, if it is not already
 /// there) through the direct map, then loads CR3: the guest's own roots do not carry the
@@ -129,38 +133,33 @@ pub fn stub_code() -> Vec<u8> {
 /// `mov cr3` could not be fetched. This is the `native` counterpart of the VMM linking the
 /// monitor into every shadow root. It writes a root page once; the host's MMU sees that write
 /// like any guest page-table write.
-fn native_gate() -> [u8; 65] {
+fn native_gate() -> [u8; 59] {
     use shadowlab_guest_abi::native_op::{INVLPG, LOAD_CR3};
     use shadowlab_workloads::layout::DIRECT_MAP_BASE;
     let slot =
         (DIRECT_MAP_BASE + 8 * shadowlab_workloads::layout::MONITOR_SLOT as u64).to_le_bytes();
     let pml4e = pml4_entry().to_le_bytes();
-    let mut g = [0u8; 65];
-    let parts: [&[u8]; 24] = [
+    let mut g = [0u8; 59];
+    let parts: [&[u8]; 19] = [
         &[0x83, 0xf8, LOAD_CR3 as u8], // 0:  cmp eax, LOAD_CR3
-        &[0x74, 0x0f],                 // 3:  je 20
+        &[0x74, 0x0d],                 // 3:  je 18
         &[0x83, 0xf8, INVLPG as u8],   // 5:  cmp eax, INVLPG
-        &[0x74, 0x32],                 // 8:  je 60
-        &[0x50],                       // 10: push rax       (FLUSH_TLB, and anything else)
-        &[0x0f, 0x20, 0xd8],           // 11: mov rax, cr3
-        &[0x0f, 0x22, 0xd8],           // 14: mov cr3, rax
-        &[0x58],                       // 17: pop rax
-        &[0x48, 0xcf],                 // 18: iretq
-        &[0x50],                       // 20: push rax
-        &[0x52],                       // 21: push rdx
-        &[0x48, 0xb8],                 // 22: movabs rax, DIRECT_MAP_BASE + 8 * 511
+        &[0x74, 0x2c],                 // 8:  je 54
+        &[0x0f, 0x20, 0xd8],           // 10: mov rax, cr3     (FLUSH_TLB, and anything else)
+        &[0x0f, 0x22, 0xd8],           // 13: mov cr3, rax
+        &[0x48, 0xcf],                 // 16: iretq
+        &[0x48, 0xb8],                 // 18: movabs rax, DIRECT_MAP_BASE + 8 * 511
         &slot,
-        &[0x48, 0x01, 0xf8], // 32: add rax, rdi   (the root's slot 511 in the direct map)
-        &[0x48, 0xba],       // 35: movabs rdx, pml4_entry()
+        &[0x48, 0x01, 0xf8], // 28: add rax, rdi     (the root's slot 511 in the direct map)
+        &[0x48, 0xba],       // 31: movabs rdx, pml4_entry()
         &pml4e,
-        &[0x48, 0x39, 0x10], // 45: cmp [rax], rdx
-        &[0x74, 0x03],       // 48: je 53
-        &[0x48, 0x89, 0x10], // 50: mov [rax], rdx
-        &[0x5a, 0x58],       // 53: pop rdx; pop rax
-        &[0x0f, 0x22, 0xdf], // 55: mov cr3, rdi
-        &[0x48, 0xcf],       // 58: iretq
-        &[0x0f, 0x01, 0x3f], // 60: invlpg [rdi]
-        &[0x48, 0xcf],       // 63: iretq
+        &[0x48, 0x39, 0x10], // 41: cmp [rax], rdx
+        &[0x74, 0x03],       // 44: je 49
+        &[0x48, 0x89, 0x10], // 46: mov [rax], rdx
+        &[0x0f, 0x22, 0xdf], // 49: mov cr3, rdi
+        &[0x48, 0xcf],       // 52: iretq
+        &[0x0f, 0x01, 0x3f], // 54: invlpg [rdi]
+        &[0x48, 0xcf],       // 57: iretq
     ];
     let mut at = 0;
     for p in parts {
@@ -384,7 +383,12 @@ mod tests {
             .filter(|i| i.mnemonic() == Mnemonic::Je)
             .map(|i| i.near_branch_target())
             .collect();
-        assert_eq!(at(je[0]), Some(Mnemonic::Push), "LOAD_CR3 branch");
+        assert_eq!(at(je[0]), Some(Mnemonic::Mov), "LOAD_CR3 branch (movabs)");
+        assert!(
+            all.iter()
+                .all(|i| !matches!(i.mnemonic(), Mnemonic::Push | Mnemonic::Pop)),
+            "no stack use"
+        );
         let mov_cr3: Vec<_> = all
             .iter()
             .filter(|i| {
@@ -394,8 +398,8 @@ mod tests {
             .collect();
         assert_eq!(mov_cr3, [iced_x86::Register::RAX, iced_x86::Register::RDI]);
         assert_eq!(at(je[1]), Some(Mnemonic::Invlpg), "INVLPG branch");
-        // The skip over the store lands on the pops.
-        assert_eq!(at(je[2]), Some(Mnemonic::Pop));
+        // The skip over the store lands on the CR3 load.
+        assert_eq!(at(je[2]), Some(Mnemonic::Mov));
         let imms: Vec<u64> = all
             .iter()
             .filter(|i| i.code() == iced_x86::Code::Mov_r64_imm64)
