@@ -10,7 +10,30 @@
 //! [`exit`] (the exit handler, a plain function), [`ucall`] (the hypercall ABI, validated),
 //! [`hooks`] (the MMU interface), [`kick`] (kicks and requests for remote TLB flushes and
 //! stops), [`stats`] (KVM's binary statistics), [`vcpu`] (the per-vCPU thread), [`run`] (a
-//! whole run with its watchdog).
+//! whole run with its watchdog), [`emulate`] (iced-x86 decoding of the stores the MMU wants
+//! emulated).
+//!
+//! # What this machine's host (`kvm_pvm`, software-virtualised, no EPT) forced, measured
+//!
+//! - CPL0 guest code is run by the host's instruction emulator, which has no SSE: rustc's
+//!   x86-64 code (and `core`) uses SSE, so the guest runs at **CPL3** (IOPL=3). Only the
+//!   monitor's stubs (integer-only, no stack use where avoidable) run at CPL0.
+//! - CPL3 cannot reach the upper half: the direct map moved to PML4 slot 255 (the top of the
+//!   lower half, `layout::DIRECT_MAP_BASE`); every guest mapping needs U.
+//! - A CPL3 `out` raises #GP despite IOPL=3; `int n` other than `int3` raises #UD. Hypercalls
+//!   therefore go through an MMIO window (one exit, [`HypercallPath::Mmio`], the default on
+//!   such a host) or, as port I/O, through the #GP the monitor reflects and the VMM emulates
+//!   ([`vcpu::refused_out`]); `native` privileged MMU instructions go through the monitor's
+//!   `int3` gate (`monitor::NATIVE_GATE_VECTOR`).
+//! - Every instruction the host emulates that stores to memory counts in its `mmu_pte_write`
+//!   while shadow pages exist; each `int3` gate entry adds one (the exception frame). Read
+//!   `native`'s `mmu_pte_write` net of the workload's CR3 loads + INVLPGs + flushes.
+//! - The host does **not** see guest page-table entries rewritten by the VMM from userspace:
+//!   INVLPG, a full flush, a CR3 switch and an MMU context reset all keep the old translation;
+//!   only deleting and re-adding the memslot (~100 us) does (`examples/host_coherence.rs`).
+//!   The `kvm` backend writes shadow PTEs from the VMM, so on this host it needs such a
+//!   coherence step (or SPTE stores performed in guest context by the monitor) for every SPTE
+//!   change that is not a not-present -> present transition.
 
 pub mod boot;
 pub mod elf;
