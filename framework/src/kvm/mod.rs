@@ -65,11 +65,33 @@ pub use shadowlab_guest_abi::program;
 
 /// Why `/dev/kvm` cannot be used here, or `None` if it can (opened and API version 12).
 pub fn kvm_unavailable_reason() -> Option<String> {
-    match kvm_ioctls::Kvm::new() {
-        Err(e) => Some(format!("opening /dev/kvm: {e}")),
+    kvm_unavailable_reason_at("/dev/kvm")
+}
+
+/// [`kvm_unavailable_reason`] for a KVM device node at `path`.
+pub fn kvm_unavailable_reason_at(path: &str) -> Option<String> {
+    let cpath = match std::ffi::CString::new(path) {
+        Ok(c) => c,
+        Err(_) => return Some(format!("bad device path {path:?}")),
+    };
+    match kvm_ioctls::Kvm::new_with_path(&cpath) {
+        Err(e) => Some(format!("opening {path}: {e}")),
         Ok(k) if k.get_api_version() != 12 => {
             Some(format!("KVM API version {}", k.get_api_version()))
         }
         Ok(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_device_has_a_reason() {
+        let r = super::kvm_unavailable_reason_at("/nonexistent/kvm").expect("unavailable");
+        assert!(r.contains("/nonexistent/kvm"), "{r}");
+        assert!(
+            super::kvm_unavailable_reason_at("/dev/null").is_some(),
+            "not a KVM device"
+        );
     }
 }
