@@ -18,6 +18,7 @@ use shadowlab_framework::kvm::elf::ElfImage;
 use shadowlab_framework::kvm::guest_image::GUEST_ELF;
 use shadowlab_framework::kvm::hostmem::RegionExt;
 use shadowlab_framework::kvm::layout::RAM_SLOT;
+use shadowlab_framework::kvm::ucall::GuestPhys;
 use shadowlab_framework::kvm::ucall::{self, Ucall};
 use shadowlab_framework::kvm::vm::{DirectRam, Vm};
 use shadowlab_guest_abi::{program, status, GuestMode, HYPERCALL_MMIO_GPA, NOP_PORT, UCALL_PORT};

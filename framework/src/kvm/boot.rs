@@ -18,10 +18,9 @@ use shadowlab_workloads::{Run, Workload};
 
 use super::elf::{ElfError, ElfImage};
 use super::error::KvmError;
-use super::hostmem::RegionExt;
 use super::layout::{SHARED_GPA, STACK_SIZE};
 use super::monitor;
-use crate::mem::MemRegion;
+use super::ucall::GuestPhys;
 
 /// What the guest runs and with which parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -101,7 +100,7 @@ fn elf_err(index: usize, what: String) -> KvmError {
 }
 
 /// Copies the image's PT_LOAD segments into `ram` at their physical addresses.
-pub fn load_elf(ram: &MemRegion, image: &ElfImage<'_>) -> Result<(), KvmError> {
+pub fn load_elf<M: GuestPhys + ?Sized>(ram: &M, image: &ElfImage<'_>) -> Result<(), KvmError> {
     for (index, seg) in image.segments.iter().enumerate() {
         if seg.vaddr.wrapping_sub(seg.paddr) != DIRECT_MAP_BASE {
             return Err(elf_err(
@@ -112,7 +111,7 @@ pub fn load_elf(ram: &MemRegion, image: &ElfImage<'_>) -> Result<(), KvmError> {
                 ),
             ));
         }
-        if seg.paddr < GUEST_LOAD_GPA || seg.paddr + seg.mem_size > ram.size() {
+        if seg.paddr < GUEST_LOAD_GPA || seg.paddr + seg.mem_size > ram.ram_size() {
             return Err(elf_err(
                 index,
                 format!(
@@ -131,8 +130,8 @@ pub fn load_elf(ram: &MemRegion, image: &ElfImage<'_>) -> Result<(), KvmError> {
 }
 
 /// Lays out RAM for `nr_vcpus` vCPUs running `params` in `mode`, and writes everything.
-pub fn prepare(
-    ram: &MemRegion,
+pub fn prepare<M: GuestPhys + ?Sized>(
+    ram: &M,
     image: &ElfImage<'_>,
     nr_vcpus: usize,
     mode: GuestMode,
@@ -144,7 +143,7 @@ pub fn prepare(
             "{nr_vcpus} vCPUs: must be 1..={MAX_VCPUS}"
         )));
     }
-    let ram_size = ram.size();
+    let ram_size = ram.ram_size();
     load_elf(ram, image)?;
     let mut frames = Frames {
         next: image.phys_end().next_multiple_of(PAGE_SIZE),
@@ -270,7 +269,7 @@ pub fn prepare(
 
 /// Walks the boot tables in `ram` like the hardware would (4-level, 4 KiB pages): the
 /// guest-physical address `gva` maps to, if present. Used by tests and by crash reports.
-pub fn walk(ram: &MemRegion, root: u64, gva: u64) -> Option<u64> {
+pub fn walk<M: GuestPhys + ?Sized>(ram: &M, root: u64, gva: u64) -> Option<u64> {
     let mut table = root;
     for level in (1..=4).rev() {
         let e = ram.read_u64(table + pt_index(gva, level) as u64 * 8).ok()?;

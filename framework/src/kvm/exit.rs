@@ -326,7 +326,7 @@ mod tests {
 
     use super::*;
     use crate::kvm::hooks::{HookError, NativeMmu};
-    use crate::kvm::hostmem::{new_region, RegionExt};
+    use crate::kvm::hostmem::new_region;
     use crate::kvm::ucall::tests::{put, Ram};
     use shadowlab_guest_abi::{UcallCmd, EXCEPTION_PORT, UCALL_OFF_RET};
 

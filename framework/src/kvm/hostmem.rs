@@ -1,10 +1,11 @@
 //! How the KVM backend uses [`MemRegion`] (the framework's guest-memory region, `crate::mem`):
 //! a memslot's backing, accessed only through its bounds-checked volatile/atomic methods.
-//! [`RegionExt`] fixes the orderings the backend uses (acquire loads, release stores) so that
-//! call sites stay short.
+//! Its [`GuestPhys`] implementation fixes the orderings the backend uses (acquire loads,
+//! release stores) and treats offsets as guest-physical addresses (gfn == backing frame).
 
 use std::sync::atomic::Ordering;
 
+use super::ucall::GuestPhys;
 use crate::mem::{MemError, MemRegion};
 
 /// Maps a region of `size` bytes (a multiple of 4 KiB).
@@ -13,27 +14,35 @@ pub fn new_region(size: u64) -> Result<MemRegion, MemError> {
     MemRegion::new(len)
 }
 
-/// The backend's accessors on a [`MemRegion`].
+/// The backend's accessors on a [`MemRegion`] (the 8-byte and fill accessors are those of
+/// [`GuestPhys`], which a region implements as identity-mapped guest RAM).
 pub trait RegionExt {
     /// Size in bytes.
     fn size(&self) -> u64;
-    /// Loads the aligned u64 at `offset` (acquire).
-    fn read_u64(&self, offset: u64) -> Result<u64, MemError>;
-    /// Stores the aligned u64 at `offset` (release).
-    fn write_u64(&self, offset: u64, value: u64) -> Result<(), MemError>;
-    /// Zero-fills `len` bytes at `offset` (any alignment).
-    fn fill_zero(&self, offset: u64, len: u64) -> Result<(), MemError>;
 }
 
 impl RegionExt for MemRegion {
     fn size(&self) -> u64 {
         self.len() as u64
     }
+}
+
+/// A region seen as guest RAM with gfn == backing frame (`native`: offset = gpa).
+impl GuestPhys for MemRegion {
+    fn ram_size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.read_bytes(gpa, buf)
+    }
     fn read_u64(&self, offset: u64) -> Result<u64, MemError> {
         self.load_u64(offset, Ordering::Acquire)
     }
     fn write_u64(&self, offset: u64, value: u64) -> Result<(), MemError> {
         self.store_u64(offset, value, Ordering::Release)
+    }
+    fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        MemRegion::write_bytes(self, gpa, data)
     }
     fn fill_zero(&self, offset: u64, len: u64) -> Result<(), MemError> {
         if offset % 8 == 0 && len % 8 == 0 {
@@ -48,7 +57,7 @@ impl RegionExt for MemRegion {
         })?;
         while at < end {
             let n = (end - at).min(CHUNK.len() as u64);
-            self.write_bytes(at, &CHUNK[..n as usize])?;
+            MemRegion::write_bytes(self, at, &CHUNK[..n as usize])?;
             at += n;
         }
         Ok(())

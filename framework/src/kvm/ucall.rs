@@ -18,8 +18,24 @@ pub trait GuestPhys {
     fn ram_size(&self) -> u64;
     /// Copies `buf.len()` bytes at `gpa`.
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError>;
-    /// Stores an aligned u64 at `gpa`.
+    /// Loads an aligned u64 at `gpa` (acquire).
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemError>;
+    /// Stores an aligned u64 at `gpa` (release).
     fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError>;
+    /// Copies bytes to `gpa`.
+    fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError>;
+    /// Zero-fills `len` bytes at `gpa`.
+    fn fill_zero(&self, gpa: u64, len: u64) -> Result<(), MemError> {
+        const CHUNK: [u8; 4096] = [0; 4096];
+        let mut at = gpa;
+        let end = gpa.checked_add(len).ok_or(MemError::NotGuestRam(gpa))?;
+        while at < end {
+            let n = (end - at).min(CHUNK.len() as u64);
+            self.write_bytes(at, &CHUNK[..n as usize])?;
+            at += n;
+        }
+        Ok(())
+    }
 }
 
 /// A decoded, validated ucall.
@@ -203,8 +219,14 @@ pub(crate) mod tests {
         fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
             self.0.read_bytes(gpa, buf)
         }
+        fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
+            self.0.read_u64(gpa)
+        }
         fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError> {
             self.0.write_u64(gpa, value)
+        }
+        fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+            self.0.write_bytes(gpa, data)
         }
     }
 

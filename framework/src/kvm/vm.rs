@@ -17,7 +17,7 @@ use super::monitor::{
     TSS_STRIDE, USER_CODE_SEL, USER_DATA_SEL,
 };
 use super::ucall::GuestPhys;
-use crate::mem::{MemError, MemRegion};
+use crate::mem::{GuestMemory, MemError, MemRegion};
 
 /// CR0 bits.
 mod cr0 {
@@ -306,7 +306,41 @@ impl GuestPhys for DirectRam<'_> {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.0.read_bytes(gpa, buf)
     }
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
+        self.0.read_u64(gpa)
+    }
     fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError> {
         self.0.write_u64(gpa, value)
+    }
+    fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        self.0.write_bytes(gpa, data)
+    }
+    fn fill_zero(&self, gpa: u64, len: u64) -> Result<(), MemError> {
+        self.0.fill_zero(gpa, len)
+    }
+}
+
+/// Guest RAM behind the shadow MMU's frame map (`kvm`): guest-physical addresses are
+/// translated gfn -> backing frame by [`GuestMemory`].
+#[derive(Clone, Copy, Debug)]
+pub struct MappedRam<'a>(pub &'a GuestMemory);
+
+impl GuestPhys for MappedRam<'_> {
+    fn ram_size(&self) -> u64 {
+        self.0.ram_bytes()
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.0.read_gpa(gpa, buf)
+    }
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
+        self.0
+            .read_gpa_u64(gpa, std::sync::atomic::Ordering::Acquire)
+    }
+    fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError> {
+        self.0
+            .write_gpa_u64(gpa, value, std::sync::atomic::Ordering::Release)
+    }
+    fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        self.0.write_gpa(gpa, data)
     }
 }
