@@ -133,6 +133,9 @@ pub enum KvmError {
     /// guest-supplied addresses are validated before they get here).
     #[error("guest memory: {0}")]
     Memory(#[from] crate::mem::MemError),
+    /// Setting up the shadow MMU failed.
+    #[error("shadow MMU: {0}")]
+    Mmu(#[from] crate::mmu::MmuError),
     /// Installing the kick signal handler failed.
     #[error("installing the vCPU kick signal handler: {0}")]
     SignalHandler(std::io::Error),

@@ -47,6 +47,15 @@ pub trait MmuHooks: Send + Sync {
     /// remote-flush protocol: `kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH)` then
     /// `kvm_check_request` before entry). Returns a new hardware CR3 if it must change.
     fn flush_before_entry(&self, vcpu: usize) -> Result<Option<u64>, HookError>;
+    /// Called before every KVM_RUN, after [`MmuHooks::flush_before_entry`]: the place for the
+    /// MMU's own requests and guest-mode bookkeeping (KVM's `vcpu_enter_guest`). Returns a new
+    /// hardware CR3 if it must change. Nothing by default.
+    fn before_entry(&self, _vcpu: usize) -> Result<Option<u64>, HookError> {
+        Ok(None)
+    }
+    /// Called as soon as KVM_RUN returns, before anything else (KVM's guest-mode exit).
+    /// Nothing by default.
+    fn after_exit(&self, _vcpu: usize) {}
 }
 
 /// `native` mode: the guest's own page tables are in CR3 and the host's MMU handles them.

@@ -48,6 +48,7 @@ pub mod layout;
 pub mod monitor;
 pub mod report;
 pub mod run;
+pub mod shadow;
 pub mod stats;
 pub mod ucall;
 pub mod vcpu;
@@ -61,6 +62,7 @@ pub use report::{FailureKind, GuestFailure, RunResult, VcpuReport};
 pub use run::{
     run_native, run_native_reports, run_native_with, FaultInjection, HypercallPath, RunConfig,
 };
+pub use shadow::{run_kvm, run_kvm_reports};
 pub use shadowlab_guest_abi::program;
 
 /// Why `/dev/kvm` cannot be used here, or `None` if it can (opened and API version 12).

@@ -315,6 +315,10 @@ pub struct RunResult {
     pub kvm_vm_stats: BTreeMap<String, u64>,
     /// Delta of the vCPUs' cumulative binary stats, summed over vCPUs.
     pub kvm_vcpu_stats: BTreeMap<String, u64>,
+    /// Our shadow MMU's counters (`kvm` backend).
+    pub mmu_stats: Option<serde_json::Value>,
+    /// Host coherence flushes (pool memslot cycles) the `kvm` backend needed.
+    pub host_flushes: Option<u64>,
 }
 
 impl RunResult {

@@ -50,6 +50,10 @@ pub enum FaultInjection {
     /// Boot the vCPUs with an empty IDT (limit 0): any guest exception becomes a triple fault
     /// (the guest itself cannot break the monitor's IDT: it runs at CPL3).
     NoIdt,
+    /// `kvm` backend: handle the MMU's TLB-flush requests without making the host drop its
+    /// shadows of the pool, i.e. without the remote/local flush. Stale translations follow,
+    /// and the workloads' self-checks must catch them.
+    SkipHostFlush,
 }
 
 /// How to run.
@@ -65,6 +69,8 @@ pub struct RunConfig {
     pub hypercall: HypercallPath,
     /// Deliberately broken state, for tests of the failure reports.
     pub inject: Option<FaultInjection>,
+    /// Pages in the shadow pool (`kvm` backend).
+    pub pool_pages: u64,
 }
 
 impl Default for RunConfig {
@@ -75,6 +81,7 @@ impl Default for RunConfig {
             timeout: Duration::from_secs(60),
             hypercall: HypercallPath::Auto,
             inject: None,
+            pool_pages: 4096,
         }
     }
 }
@@ -294,5 +301,7 @@ where
         vcpus: reports,
         kvm_vm_stats,
         kvm_vcpu_stats,
+        mmu_stats: None,
+        host_flushes: None,
     })
 }

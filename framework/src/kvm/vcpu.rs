@@ -217,7 +217,14 @@ where
             Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.0))))),
         }
     }
-    let decoded = match vcpu.run() {
+    match sh.mmu.before_entry(index) {
+        Ok(Some(cr3)) => set_cr3(vcpu, index, cr3)?,
+        Ok(None) => {}
+        Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.0))))),
+    }
+    let ran = vcpu.run();
+    sh.mmu.after_exit(index);
+    let decoded = match ran {
         Ok(exit) => decode(exit),
         Err(e) if e.errno() == libc::EINTR => {
             st.exits.kicked += 1;

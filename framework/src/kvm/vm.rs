@@ -11,13 +11,14 @@ use shadowlab_workloads::layout::{direct_map, MONITOR_BASE};
 
 use super::error::KvmError;
 use super::hostmem::{new_region, RegionExt};
-use super::layout::{MAX_RAM, MIN_RAM, MONITOR_GPA, MONITOR_SLOT, RAM_SLOT};
+use super::layout::{MAX_RAM, MIN_RAM, MONITOR_GPA, MONITOR_SLOT, RAM_SLOT, SHADOW_POOL_SLOT};
 use super::monitor::{
     self, CODE_SEL, DATA_SEL, GDT_LIMIT, GDT_OFF, IDT_OFF, MONITOR_SIZE, TSS_OFF, TSS_SEL0,
     TSS_STRIDE, USER_CODE_SEL, USER_DATA_SEL,
 };
 use super::ucall::GuestPhys;
 use crate::mem::{GuestMemory, MemError, MemRegion};
+use std::sync::Arc;
 
 /// CR0 bits.
 mod cr0 {
@@ -51,7 +52,7 @@ pub struct Vm {
     vm_fd: VmFd,
     kvm: Kvm,
     cpuid: CpuId,
-    ram: MemRegion,
+    ram: Ram,
     monitor: MemRegion,
 }
 
@@ -68,48 +69,153 @@ fn mmap(size: u64) -> Result<MemRegion, KvmError> {
     Ok(new_region(size)?)
 }
 
+/// Guest memory of a VM.
+enum Ram {
+    /// `native`: RAM at guest-physical 0, gfn == backing frame.
+    Own(MemRegion),
+    /// `kvm`: the shadow MMU's [`GuestMemory`] (RAM backing frames, then the shadow pool) at
+    /// machine-physical (= KVM guest-physical) 0.
+    Shadowed(Arc<GuestMemory>),
+}
+
+impl std::fmt::Debug for Ram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ram::Own(r) => write!(f, "Own({r:?})"),
+            Ram::Shadowed(m) => write!(
+                f,
+                "Shadowed({} RAM frames, {} pool pages)",
+                m.ram_frames(),
+                m.pool_frames()
+            ),
+        }
+    }
+}
+
+fn open_kvm(nr_vcpus: usize) -> Result<(Kvm, VmFd, CpuId), KvmError> {
+    let kvm = Kvm::new().map_err(KvmError::OpenKvm)?;
+    let api = kvm.get_api_version();
+    if api != 12 {
+        return Err(KvmError::ApiVersion(api));
+    }
+    if !kvm.check_extension(Cap::ImmediateExit) {
+        return Err(KvmError::MissingCap("KVM_CAP_IMMEDIATE_EXIT"));
+    }
+    if !kvm.check_extension(Cap::UserMemory) {
+        return Err(KvmError::MissingCap("KVM_CAP_USER_MEMORY"));
+    }
+    let max = kvm.get_max_vcpus();
+    if nr_vcpus > max {
+        return Err(KvmError::Config(format!(
+            "{nr_vcpus} vCPUs, KVM allows {max}"
+        )));
+    }
+    let vm_fd = kvm.create_vm().map_err(KvmError::CreateVm)?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(KvmError::GetSupportedCpuid)?;
+    Ok((kvm, vm_fd, cpuid))
+}
+
+fn check_ram_size(ram_size: u64) -> Result<(), KvmError> {
+    if !(MIN_RAM..=MAX_RAM).contains(&ram_size) || ram_size % (2 << 20) != 0 {
+        return Err(KvmError::Config(format!(
+            "guest RAM {ram_size:#x}: must be a multiple of 2 MiB in {MIN_RAM:#x}..={MAX_RAM:#x}"
+        )));
+    }
+    Ok(())
+}
+
 impl Vm {
-    /// Opens /dev/kvm and creates a VM with `ram_size` bytes of guest RAM for `nr_vcpus` vCPUs.
+    /// Opens /dev/kvm and creates a VM with `ram_size` bytes of guest RAM for `nr_vcpus` vCPUs
+    /// (`native`: gfn == backing frame).
     pub fn new(ram_size: u64, nr_vcpus: usize) -> Result<Self, KvmError> {
-        if !(MIN_RAM..=MAX_RAM).contains(&ram_size) || ram_size % (2 << 20) != 0 {
-            return Err(KvmError::Config(format!(
-                "guest RAM {ram_size:#x}: must be a multiple of 2 MiB in {MIN_RAM:#x}..={MAX_RAM:#x}"
-            )));
-        }
-        let kvm = Kvm::new().map_err(KvmError::OpenKvm)?;
-        let api = kvm.get_api_version();
-        if api != 12 {
-            return Err(KvmError::ApiVersion(api));
-        }
-        if !kvm.check_extension(Cap::ImmediateExit) {
-            return Err(KvmError::MissingCap("KVM_CAP_IMMEDIATE_EXIT"));
-        }
-        if !kvm.check_extension(Cap::UserMemory) {
-            return Err(KvmError::MissingCap("KVM_CAP_USER_MEMORY"));
-        }
-        let max = kvm.get_max_vcpus();
-        if nr_vcpus > max {
-            return Err(KvmError::Config(format!(
-                "{nr_vcpus} vCPUs, KVM allows {max}"
-            )));
-        }
-        let vm_fd = kvm.create_vm().map_err(KvmError::CreateVm)?;
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(KvmError::GetSupportedCpuid)?;
-        let ram = mmap(ram_size)?;
+        check_ram_size(ram_size)?;
+        let (kvm, vm_fd, cpuid) = open_kvm(nr_vcpus)?;
         let monitor = mmap(MONITOR_SIZE)?;
         let vm = Self {
             vm_fd,
             kvm,
             cpuid,
-            ram,
+            ram: Ram::Own(mmap(ram_size)?),
             monitor,
         };
-        vm.add_memslot(RAM_SLOT, 0, &vm.ram)?;
+        vm.add_memslot(RAM_SLOT, 0, vm.ram())?;
         vm.add_memslot(MONITOR_SLOT, MONITOR_GPA, &vm.monitor)?;
         monitor::build(&vm.monitor, nr_vcpus)?;
         Ok(vm)
+    }
+
+    /// A VM on the shadow MMU's memory (`kvm`): RAM backing frames as memslot [`RAM_SLOT`] and
+    /// the shadow pool as memslot [`SHADOW_POOL_SLOT`], both at their machine-physical
+    /// addresses, plus the monitor.
+    pub fn with_guest_memory(mem: Arc<GuestMemory>, nr_vcpus: usize) -> Result<Self, KvmError> {
+        check_ram_size(mem.ram_bytes())?;
+        if mem.pool_base() + mem.pool_frames() * 4096 > MONITOR_GPA {
+            return Err(KvmError::Config(
+                "RAM + shadow pool reach the monitor's address".into(),
+            ));
+        }
+        let (kvm, vm_fd, cpuid) = open_kvm(nr_vcpus)?;
+        let monitor = mmap(MONITOR_SIZE)?;
+        let vm = Self {
+            vm_fd,
+            kvm,
+            cpuid,
+            ram: Ram::Shadowed(mem),
+            monitor,
+        };
+        let host = vm.ram().host_addr();
+        if let Ram::Shadowed(m) = &vm.ram {
+            vm.set_slot(RAM_SLOT, 0, m.ram_bytes(), host)?;
+            vm.set_slot(
+                SHADOW_POOL_SLOT,
+                m.pool_base(),
+                m.pool_frames() * 4096,
+                host + m.pool_base(),
+            )?;
+        }
+        vm.add_memslot(MONITOR_SLOT, MONITOR_GPA, &vm.monitor)?;
+        monitor::build(&vm.monitor, nr_vcpus)?;
+        Ok(vm)
+    }
+
+    /// Deletes and re-adds the shadow pool's memslot. On a host that shadows the guest's page
+    /// tables itself, this is what makes it drop its shadows of the pool pages, so that SPTE
+    /// changes the VMM wrote from userspace are seen (see the module docs). No vCPU may be in
+    /// KVM_RUN meanwhile (the caller parks them).
+    pub fn cycle_pool_slot(&self) -> Result<(), KvmError> {
+        let Ram::Shadowed(m) = &self.ram else {
+            return Err(KvmError::Config("no shadow pool in a native VM".into()));
+        };
+        let host = self.ram().host_addr() + m.pool_base();
+        self.set_slot(SHADOW_POOL_SLOT, m.pool_base(), 0, host)?;
+        self.set_slot(
+            SHADOW_POOL_SLOT,
+            m.pool_base(),
+            m.pool_frames() * 4096,
+            host,
+        )
+    }
+
+    fn set_slot(&self, slot: u32, gpa: u64, size: u64, host: u64) -> Result<(), KvmError> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host,
+        };
+        // SAFETY: `host..host+size` lies inside the VM's own guest-memory region (a field of
+        // `self`, dropped after the VM fd); size 0 deletes the slot.
+        unsafe { self.vm_fd.set_user_memory_region(region) }.map_err(|source| {
+            KvmError::SetUserMemoryRegion {
+                slot,
+                gpa,
+                size,
+                source,
+            }
+        })
     }
 
     /// Adds a memslot backed by `mem` (which must outlive the VM fd: it is a field of `self` or
@@ -144,9 +250,13 @@ impl Vm {
         &self.kvm
     }
 
-    /// Guest RAM.
+    /// Guest RAM (`native`), or the whole machine-physical region of the shadow MMU's memory
+    /// (`kvm`).
     pub fn ram(&self) -> &MemRegion {
-        &self.ram
+        match &self.ram {
+            Ram::Own(r) => r,
+            Ram::Shadowed(m) => m.region(),
+        }
     }
 
     /// The monitor.
