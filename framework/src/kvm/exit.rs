@@ -99,6 +99,9 @@ pub struct ExitState {
     pub prints: Vec<String>,
     /// The last SYNC/PRINTF, for failure reports.
     pub last_message: Option<String>,
+    /// VMM-side time of each guest #PF handled (from the decoded exit to the action, not
+    /// counting the exit itself), in ns.
+    pub fault_ns: Vec<u32>,
 }
 
 impl ExitState {

@@ -283,6 +283,37 @@ impl WorkloadReport {
     }
 }
 
+/// VMM-side time to handle the guest's page faults (the MMU's fault handler and everything
+/// around it in the exit handler, not the exit).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FaultTiming {
+    /// Faults timed.
+    pub count: u64,
+    /// Median, ns.
+    pub median_ns: u64,
+    /// 90th percentile, ns.
+    pub p90_ns: u64,
+    /// Largest, ns.
+    pub max_ns: u64,
+}
+
+impl FaultTiming {
+    /// Summarises samples (ns).
+    pub fn of(mut ns: Vec<u32>) -> Self {
+        if ns.is_empty() {
+            return Self::default();
+        }
+        ns.sort_unstable();
+        let q = |p: f64| u64::from(ns[(((ns.len() - 1) as f64) * p).round() as usize]);
+        Self {
+            count: ns.len() as u64,
+            median_ns: q(0.5),
+            p90_ns: q(0.9),
+            max_ns: u64::from(ns[ns.len() - 1]),
+        }
+    }
+}
+
 /// One vCPU's report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VcpuReport {
@@ -296,6 +327,8 @@ pub struct VcpuReport {
     pub syncs: Vec<(u64, u64)>,
     /// PRINTF output.
     pub prints: Vec<String>,
+    /// VMM-side page-fault handling time.
+    pub fault_handling: FaultTiming,
 }
 
 /// A whole run.
@@ -334,5 +367,33 @@ impl RunResult {
     /// The run as JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_timing_quantiles() {
+        assert_eq!(FaultTiming::of(vec![]), FaultTiming::default());
+        let t = FaultTiming::of((1..=100).rev().collect());
+        assert_eq!(
+            (t.count, t.median_ns, t.p90_ns, t.max_ns),
+            (100, 51, 90, 100)
+        );
+    }
+
+    #[test]
+    fn latency_quantile_uses_bucket_upper_bounds() {
+        let mut r = WorkloadReport {
+            latency_count: 4,
+            latency_buckets: vec![0; 65],
+            ..Default::default()
+        };
+        r.latency_buckets[3] = 2; // [4, 8)
+        r.latency_buckets[10] = 2; // [512, 1024)
+        assert_eq!(r.latency_quantile(0.5), Some(7));
+        assert_eq!(r.latency_quantile(1.0), Some(1023));
     }
 }

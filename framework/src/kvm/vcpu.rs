@@ -13,7 +13,7 @@ use super::exit::{complete_emulation, handle_exit, DecodedExit, ExitAction, Exit
 use super::hooks::MmuHooks;
 use super::kick::{make_all_cpus_request, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
 use super::monitor;
-use super::report::{FailureKind, GuestFailure, GuestRegs, VcpuReport};
+use super::report::{FailureKind, FaultTiming, GuestFailure, GuestRegs, VcpuReport};
 use super::ucall::GuestPhys;
 use crate::mem::MemRegion;
 
@@ -161,6 +161,7 @@ where
         exits: st.exits,
         syncs: st.syncs,
         prints: st.prints,
+        fault_handling: FaultTiming::of(st.fault_ns),
     })
 }
 
@@ -272,7 +273,13 @@ where
         }
         d => d,
     };
+    let is_pf = matches!(decoded, DecodedExit::Exception { frame, .. } if frame.vector == super::exit::PF_VECTOR);
+    let t0 = is_pf.then(std::time::Instant::now);
     let action = handle_exit(st, decoded, sh.mem, sh.mmu);
+    if let Some(t0) = t0 {
+        st.fault_ns
+            .push(t0.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+    }
     if let (
         Some(rip),
         ExitAction::Resume | ExitAction::ResumeSetCr3(_) | ExitAction::ResumeRejectAddress,

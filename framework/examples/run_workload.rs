@@ -1,26 +1,32 @@
-//! Runs one workload (or built-in guest program) on the `native` backend and prints the JSON
-//! result: `cargo run --release -p shadowlab-framework --example native_run -- <workload> [vcpus]
-//! [iters] [size]`. Until the `shadowlab-vmm` worker grows `--backend native`, this is the
-//! command line for native runs.
+//! Runs one workload on the `native` or the `kvm` backend and prints the JSON result:
+//! `cargo run --release -p shadowlab-framework --example run_workload -- <native|kvm>
+//! <workload> [vcpus] [iters] [size]`. Until the `shadowlab-vmm` worker grows these backends,
+//! this is their command line.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shadowlab_framework::kvm::{run_native, GuestParams, RunConfig};
+use shadowlab_framework::kvm::{run_kvm, run_native, GuestParams, RunConfig};
 use shadowlab_workloads::{Params, Run, Workload};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(name) = args.first() else {
+    let usage = || {
         eprintln!(
-            "native_run: error: usage: native_run <{}> [vcpus] [iters] [size]",
+            "run_workload: error: usage: run_workload <native|kvm> <{}> [vcpus] [iters] [size]",
             Workload::names().join("|")
         );
-        return ExitCode::from(2);
+        ExitCode::from(2)
     };
+    let (Some(backend), Some(name)) = (args.first(), args.get(1)) else {
+        return usage();
+    };
+    if backend != "native" && backend != "kvm" {
+        return usage();
+    }
     let Some(w) = Workload::from_name(name) else {
         eprintln!(
-            "native_run: error: unknown workload '{name}' (one of {})",
+            "run_workload: error: unknown workload '{name}' (one of {})",
             Workload::names().join(", ")
         );
         return ExitCode::from(2);
@@ -31,11 +37,11 @@ fn main() -> ExitCode {
         })
     };
     let d = w.params();
-    let parsed = (|| Ok::<_, String>((num(1, 1)?, num(2, d.iters)?, num(3, d.size)?)))();
+    let parsed = (|| Ok::<_, String>((num(2, 1)?, num(3, d.iters)?, num(4, d.size)?)))();
     let (vcpus, iters, size) = match parsed {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("native_run: error: {e}");
+            eprintln!("run_workload: error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -45,13 +51,19 @@ fn main() -> ExitCode {
         timeout: Duration::from_secs(600),
         ..RunConfig::default()
     };
-    match run_native(&config, &GuestParams::workload(&w)) {
+    let params = GuestParams::workload(&w);
+    let result = if backend == "kvm" {
+        run_kvm(&config, &params)
+    } else {
+        run_native(&config, &params)
+    };
+    match result {
         Ok(r) => {
             println!("{}", r.to_json());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("native_run: error: {e}");
+            eprintln!("run_workload: error: {e}");
             ExitCode::from(1)
         }
     }
