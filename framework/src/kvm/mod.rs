@@ -2,8 +2,9 @@
 //!
 //! - `native`: the paravirtual guest runs on its own page tables, loaded into CR3 directly, so
 //!   the host kernel's in-kernel shadow MMU does the work ([`run_native`]).
-//! - `kvm` (integrated by the lead with `crate::mmu`): CR3 always holds a shadow root; guest
-//!   page faults reach the VMM through the monitor stubs and the [`MmuHooks`] interface.
+//! - `kvm` ([`run_kvm`], [`shadow`]): CR3 always holds a shadow root of `crate::mmu`; guest
+//!   page faults reach the MMU through the monitor stubs and the [`MmuHooks`] interface; CR3
+//!   loads, INVLPG and flushes are hypercalls; guest RAM sits behind a permuted frame map.
 //!
 //! Pieces: [`vm`] (VM, memslots, vCPU creation in long mode), [`monitor`] (GDT/IDT/TSS and the
 //! exception stubs), [`boot`] (guest RAM layout, ELF load, boot page tables, boot-info page),
@@ -31,9 +32,11 @@
 //! - The host does **not** see guest page-table entries rewritten by the VMM from userspace:
 //!   INVLPG, a full flush, a CR3 switch and an MMU context reset all keep the old translation;
 //!   only deleting and re-adding the memslot (~100 us) does (`examples/host_coherence.rs`).
-//!   The `kvm` backend writes shadow PTEs from the VMM, so on this host it needs such a
-//!   coherence step (or SPTE stores performed in guest context by the monitor) for every SPTE
-//!   change that is not a not-present -> present transition.
+//!   The `kvm` backend writes shadow PTEs from the VMM, so on this host it cycles the shadow
+//!   pool's memslot, with the vCPUs parked, whenever the MMU asks for a TLB flush (KVM's
+//!   algorithm follows every SPTE change other than not-present -> present with one). That is
+//!   correct (`tests/kvm_shadow.rs` shows the self-checks failing without it) and costly; SPTE
+//!   stores performed in guest context by the monitor would be the cheaper design.
 
 pub mod boot;
 pub mod elf;
