@@ -1,6 +1,9 @@
 //! shadowlab's VMM core: guest memory (`mem`), the shadow MMU (`mmu`), the backends that run
-//! guests on it (`sim`), and the build's shadow-sync policy.
+//! guests on it (`kvm`/`native` on /dev/kvm, `sim`), host detection (`host`), and the build's
+//! shadow-sync policy.
 
+pub mod host;
+pub mod kvm;
 pub mod mem;
 pub mod mmu;
 pub mod policy;

@@ -4,12 +4,21 @@
 //! a guest PDE/PDPTE with PS set is treated as reserved and gets a guest page fault).
 //!
 //! ```text
-//! PML4 slot 0..=255   user half: workload mappings (WORKLOAD_BASE and up)
-//! PML4 slot 256       DIRECT_MAP_BASE + gpa  <->  gpa, for every guest RAM frame (RW, NX clear)
+//! PML4 slot 0         unused (null pointers fault)
+//! PML4 slot 1..=254   workload mappings (WORKLOAD_BASE and up)
+//! PML4 slot 255       DIRECT_MAP_BASE + gpa  <->  gpa, for every guest RAM frame (RW, U, NX clear)
 //!                     The guest's code, data, stacks and page tables are reached through it.
+//! PML4 slot 256..=510 unused
 //! PML4 slot 511       reserved for the VMM's monitor (GDT/IDT/TSS/stubs); the guest may not
 //!                     use it, the VMM links it supervisor-only into every shadow root.
 //! ```
+//!
+//! The guest runs at CPL3 (with IOPL=3 for its port-I/O hypercalls), so every guest mapping,
+//! at every level, has the U bit. Why CPL3 and why the direct map is in the lower half: on a
+//! software-virtualised host (this machine's `kvm_pvm`) CPL0 guest code is run by the host's
+//! instruction emulator, which has no SSE (and rustc's x86-64 code, `core` included, uses SSE),
+//! while CPL3 code runs natively but may only reach the lower half of the address space. Only
+//! the VMM's monitor stubs run at CPL0, in slot 511.
 
 /// Size of a page.
 pub const PAGE_SIZE: u64 = 4096;
@@ -18,10 +27,10 @@ pub const PAGE_SHIFT: u32 = 12;
 /// Entries in one page table.
 pub const PT_ENTRIES: usize = 512;
 
-/// Base of the direct map of guest RAM (PML4 slot 256).
-pub const DIRECT_MAP_BASE: u64 = 0xffff_8000_0000_0000;
+/// Base of the direct map of guest RAM (PML4 slot 255, the top of the lower half).
+pub const DIRECT_MAP_BASE: u64 = 0x0000_7f80_0000_0000;
 /// PML4 slot of the direct map.
-pub const DIRECT_MAP_SLOT: usize = 256;
+pub const DIRECT_MAP_SLOT: usize = 255;
 /// PML4 slot reserved for the VMM's monitor.
 pub const MONITOR_SLOT: usize = 511;
 /// Base of the monitor's virtual range (PML4 slot 511).

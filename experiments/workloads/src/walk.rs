@@ -307,7 +307,8 @@ mod tests {
         let root = cpu.boot_root();
         let mut phys = CpuPhys(&mut cpu);
         assert_eq!(
-            phys.read_phys(root + 8 * 256).map(|e| e & pte::P),
+            phys.read_phys(root + 8 * crate::layout::DIRECT_MAP_SLOT as u64)
+                .map(|e| e & pte::P),
             Some(pte::P)
         );
         assert_eq!(phys.read_phys(DIRECT_MAP_SPAN), None);

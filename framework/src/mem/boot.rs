@@ -1,7 +1,7 @@
 //! Boot page tables: what each vCPU's CR3 points at before the workload runs.
 //!
 //! Every vCPU gets its own PML4 (so that workloads can give each vCPU its own user half); all of
-//! them share one direct map of guest RAM at [`layout::DIRECT_MAP_BASE`] (PML4 slot 256), built
+//! them share one direct map of guest RAM at [`layout::DIRECT_MAP_BASE`] (`layout::DIRECT_MAP_SLOT`), built
 //! from 4 KiB pages only, as the layout requires. Nothing else is mapped: the user half is
 //! empty and slot 511 is left for the VMM's monitor. The tables live at the bottom of guest RAM;
 //! one zeroed page after them is shared by every vCPU (`Cpu::shared_page`: barriers and

@@ -1,0 +1,162 @@
+//! The KVM backend's errors: one variant per failing operation.
+
+use thiserror::Error;
+
+use super::report::GuestFailure;
+
+/// An `errno` from an ioctl.
+pub type Errno = kvm_ioctls::Error;
+
+/// Everything that can stop a KVM-backed run.
+#[derive(Debug, Error)]
+pub enum KvmError {
+    /// `/dev/kvm` could not be opened.
+    #[error("/dev/kvm not available: {0}")]
+    OpenKvm(#[source] Errno),
+    /// KVM_GET_API_VERSION returned something other than 12.
+    #[error("KVM API version {0}, expected 12")]
+    ApiVersion(i32),
+    /// A capability the backend needs is absent.
+    #[error("KVM lacks the capability {0}")]
+    MissingCap(&'static str),
+    /// KVM_CREATE_VM failed.
+    #[error("KVM_CREATE_VM: {0}")]
+    CreateVm(#[source] Errno),
+    /// KVM_GET_SUPPORTED_CPUID failed.
+    #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
+    GetSupportedCpuid(#[source] Errno),
+    /// KVM_SET_USER_MEMORY_REGION failed.
+    #[error("KVM_SET_USER_MEMORY_REGION (slot {slot}, gpa {gpa:#x}, {size:#x} bytes): {source}")]
+    SetUserMemoryRegion {
+        /// The memslot.
+        slot: u32,
+        /// Its guest-physical base.
+        gpa: u64,
+        /// Its size.
+        size: u64,
+        /// The errno.
+        source: Errno,
+    },
+    /// KVM_CREATE_VCPU failed.
+    #[error("KVM_CREATE_VCPU {vcpu}: {source}")]
+    CreateVcpu {
+        /// vCPU index.
+        vcpu: usize,
+        /// The errno.
+        source: Errno,
+    },
+    /// KVM_SET_CPUID2 failed.
+    #[error("KVM_SET_CPUID2 on vCPU {vcpu}: {source}")]
+    SetCpuid2 {
+        /// vCPU index.
+        vcpu: usize,
+        /// The errno.
+        source: Errno,
+    },
+    /// KVM_GET_SREGS failed.
+    #[error("KVM_GET_SREGS on vCPU {vcpu}: {source}")]
+    GetSregs {
+        /// vCPU index.
+        vcpu: usize,
+        /// The errno.
+        source: Errno,
+    },
+    /// KVM_SET_SREGS failed.
+    #[error("KVM_SET_SREGS on vCPU {vcpu}: {source}")]
+    SetSregs {
+        /// vCPU index.
+        vcpu: usize,
+        /// The errno.
+        source: Errno,
+    },
+    /// KVM_GET_REGS failed.
+    #[error("KVM_GET_REGS on vCPU {vcpu}: {source}")]
+    GetRegs {
+        /// vCPU index.
+        vcpu: usize,
+        /// The errno.
+        source: Errno,
+    },
+    /// KVM_SET_REGS failed.
+    #[error("KVM_SET_REGS on vCPU {vcpu}: {source}")]
+    SetRegs {
+        /// vCPU index.
+        vcpu: usize,
+        /// The errno.
+        source: Errno,
+    },
+    /// KVM_SET_XCRS failed.
+    #[error("KVM_SET_XCRS on vCPU {vcpu}: {source}")]
+    SetXcrs {
+        /// vCPU index.
+        vcpu: usize,
+        /// The errno.
+        source: Errno,
+    },
+    /// KVM_SET_FPU failed.
+    #[error("KVM_SET_FPU on vCPU {vcpu}: {source}")]
+    SetFpu {
+        /// vCPU index.
+        vcpu: usize,
+        /// The errno.
+        source: Errno,
+    },
+    /// KVM_RUN failed (other than EINTR, which is a kick).
+    #[error("KVM_RUN on vCPU {vcpu}: {source}")]
+    Run {
+        /// vCPU index.
+        vcpu: usize,
+        /// The errno.
+        source: Errno,
+    },
+    /// KVM_GET_STATS_FD failed.
+    #[error("KVM_GET_STATS_FD: {0}")]
+    GetStatsFd(#[source] std::io::Error),
+    /// Reading the binary stats failed or they were malformed.
+    #[error("reading KVM binary stats: {0}")]
+    ReadStats(String),
+    /// A configuration value is out of range.
+    #[error("bad configuration: {0}")]
+    Config(String),
+    /// The guest ELF is malformed or does not fit.
+    #[error("guest image: {0}")]
+    Elf(#[from] super::elf::ElfError),
+    /// Guest RAM is too small for the image, tables, stacks and frames.
+    #[error("guest RAM of {ram:#x} bytes too small: {what}")]
+    RamTooSmall {
+        /// RAM size.
+        ram: u64,
+        /// What did not fit.
+        what: String,
+    },
+    /// Mapping guest memory failed, or a VMM access to it was out of bounds (a VMM bug:
+    /// guest-supplied addresses are validated before they get here).
+    #[error("guest memory: {0}")]
+    Memory(#[from] crate::mem::MemError),
+    /// Setting up the shadow MMU failed.
+    #[error("shadow MMU: {0}")]
+    Mmu(#[from] crate::mmu::MmuError),
+    /// Installing the kick signal handler failed.
+    #[error("installing the vCPU kick signal handler: {0}")]
+    SignalHandler(std::io::Error),
+    /// Spawning a vCPU thread failed.
+    #[error("spawning the thread of vCPU {vcpu}: {source}")]
+    SpawnThread {
+        /// vCPU index.
+        vcpu: usize,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A vCPU thread panicked (a VMM bug).
+    #[error("the thread of vCPU {0} panicked")]
+    VcpuThreadPanicked(usize),
+    /// The guest failed: an assertion, an exception, a triple fault, an internal error, an
+    /// unexpected exit or the watchdog.
+    #[error("vCPU {vcpu}: {failure}")]
+    GuestFailed {
+        /// vCPU index.
+        vcpu: usize,
+        /// What happened, with registers and the last message.
+        failure: Box<GuestFailure>,
+    },
+}

@@ -1,0 +1,98 @@
+//! Where the MMU plugs into the exit handler.
+//!
+//! The `kvm` backend connects the shadow MMU here; `native` uses [`NativeMmu`], for which the
+//! host kernel's MMU does everything and any fault reaching the VMM is a guest bug.
+
+/// What the MMU made of a guest page fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOutcome {
+    /// Fixed (an SPTE was installed, a page unsynced, a write emulated): re-execute.
+    Fixed,
+    /// A genuine guest fault: the guest's own tables do not allow the access. The guest runtime
+    /// has no #PF handler, so the run fails with a report.
+    GuestFault,
+    /// A store to a write-protected guest page table that must be emulated: the VMM decodes
+    /// the faulting instruction (`kvm::emulate`), calls [`MmuHooks::emulated_write`] with the
+    /// decoded value at `gpa`, and resumes after the instruction.
+    Emulate {
+        /// Guest-physical address written.
+        gpa: u64,
+    },
+}
+
+/// An MMU operation failed (a VMM-side error, not a guest one).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HookError(pub String);
+
+/// The interface between a vCPU's exit handler and the MMU. All methods take the vCPU index;
+/// the implementation keeps per-vCPU state (current root, TLB requests) behind it. Methods take
+/// `&self`: one instance is shared by all vCPU threads.
+pub trait MmuHooks: Send + Sync {
+    /// A guest #PF at `gva` with the hardware error code (reported by the monitor stub).
+    fn page_fault(&self, vcpu: usize, gva: u64, error_code: u64)
+        -> Result<FaultOutcome, HookError>;
+    /// The guest asked to load CR3 with guest-physical `root` (validated as a page of guest RAM).
+    /// Returns the value to put into the hardware CR3 (a shadow root), or `None` if this mode
+    /// does not take CR3 loads by hypercall.
+    fn load_cr3(&self, vcpu: usize, root: u64) -> Result<Option<u64>, HookError>;
+    /// The guest invalidated `gva` (canonical). `Ok(false)`: not supported in this mode.
+    fn invlpg(&self, vcpu: usize, gva: u64) -> Result<bool, HookError>;
+    /// The guest flushed its TLB. `Ok(false)`: not supported in this mode.
+    fn flush_tlb(&self, vcpu: usize) -> Result<bool, HookError>;
+    /// A decoded guest store of `len` bytes of `value` to `gpa` that hit a write-protected guest
+    /// page table and must be emulated.
+    fn emulated_write(&self, vcpu: usize, gpa: u64, value: u64, len: u8) -> Result<(), HookError>;
+    /// Called before re-entering the guest after a kick with a pending TLB-flush request (the
+    /// remote-flush protocol: `kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH)` then
+    /// `kvm_check_request` before entry). Returns a new hardware CR3 if it must change.
+    fn flush_before_entry(&self, vcpu: usize) -> Result<Option<u64>, HookError>;
+    /// Called before every KVM_RUN, after [`MmuHooks::flush_before_entry`]: the place for the
+    /// MMU's own requests and guest-mode bookkeeping (KVM's `vcpu_enter_guest`). Returns a new
+    /// hardware CR3 if it must change. Nothing by default.
+    fn before_entry(&self, _vcpu: usize) -> Result<Option<u64>, HookError> {
+        Ok(None)
+    }
+    /// Called as soon as KVM_RUN returns, before anything else (KVM's guest-mode exit).
+    /// Nothing by default.
+    fn after_exit(&self, _vcpu: usize) {}
+}
+
+/// `native` mode: the guest's own page tables are in CR3 and the host's MMU handles them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NativeMmu;
+
+impl MmuHooks for NativeMmu {
+    fn page_fault(
+        &self,
+        _vcpu: usize,
+        _gva: u64,
+        _error_code: u64,
+    ) -> Result<FaultOutcome, HookError> {
+        Ok(FaultOutcome::GuestFault)
+    }
+    fn load_cr3(&self, _vcpu: usize, _root: u64) -> Result<Option<u64>, HookError> {
+        Ok(None)
+    }
+    fn invlpg(&self, _vcpu: usize, _gva: u64) -> Result<bool, HookError> {
+        Ok(false)
+    }
+    fn flush_tlb(&self, _vcpu: usize) -> Result<bool, HookError> {
+        Ok(false)
+    }
+    fn emulated_write(
+        &self,
+        _vcpu: usize,
+        gpa: u64,
+        _value: u64,
+        _len: u8,
+    ) -> Result<(), HookError> {
+        Err(HookError(format!(
+            "native mode emulates no writes (gpa {gpa:#x})"
+        )))
+    }
+    fn flush_before_entry(&self, _vcpu: usize) -> Result<Option<u64>, HookError> {
+        // The guest's TLB is the host's business in native mode.
+        Ok(None)
+    }
+}

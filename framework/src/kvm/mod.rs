@@ -1,0 +1,102 @@
+//! The KVM backends on `/dev/kvm` (rust-vmm's `kvm-ioctls`/`kvm-bindings`).
+//!
+//! - `native`: the paravirtual guest runs on its own page tables, loaded into CR3 directly, so
+//!   the host kernel's in-kernel shadow MMU does the work ([`run_native`]).
+//! - `kvm` ([`run_kvm`], [`shadow`]): CR3 always holds a shadow root of `crate::mmu`; guest
+//!   page faults reach the MMU through the monitor stubs and the [`MmuHooks`] interface; CR3
+//!   loads, INVLPG and flushes are hypercalls; guest RAM sits behind a permuted frame map.
+//!
+//! Pieces: [`vm`] (VM, memslots, vCPU creation in long mode), [`monitor`] (GDT/IDT/TSS and the
+//! exception stubs), [`boot`] (guest RAM layout, ELF load, boot page tables, boot-info page),
+//! [`exit`] (the exit handler, a plain function), [`ucall`] (the hypercall ABI, validated),
+//! [`hooks`] (the MMU interface), [`kick`] (kicks and requests for remote TLB flushes and
+//! stops), [`stats`] (KVM's binary statistics), [`vcpu`] (the per-vCPU thread), [`run`] (a
+//! whole run with its watchdog), [`emulate`] (iced-x86 decoding of the stores the MMU wants
+//! emulated).
+//!
+//! # What this machine's host (`kvm_pvm`, software-virtualised, no EPT) forced, measured
+//!
+//! - CPL0 guest code is run by the host's instruction emulator, which has no SSE: rustc's
+//!   x86-64 code (and `core`) uses SSE, so the guest runs at **CPL3** (IOPL=3). Only the
+//!   monitor's stubs (integer-only, no stack use where avoidable) run at CPL0.
+//! - CPL3 cannot reach the upper half: the direct map moved to PML4 slot 255 (the top of the
+//!   lower half, `layout::DIRECT_MAP_BASE`); every guest mapping needs U.
+//! - A CPL3 `out` raises #GP despite IOPL=3; `int n` other than `int3` raises #UD. Hypercalls
+//!   therefore go through an MMIO window (one exit, [`HypercallPath::Mmio`], the default on
+//!   such a host) or, as port I/O, through the #GP the monitor reflects and the VMM emulates
+//!   ([`vcpu::refused_out`]); `native` privileged MMU instructions go through the monitor's
+//!   `int3` gate (`monitor::NATIVE_GATE_VECTOR`).
+//! - Every instruction the host emulates that stores to memory counts in its `mmu_pte_write`
+//!   while shadow pages exist; each `int3` gate entry adds one (the exception frame). Read
+//!   `native`'s `mmu_pte_write` net of the workload's CR3 loads + INVLPGs + flushes.
+//! - The host does **not** see guest page-table entries rewritten by the VMM from userspace:
+//!   INVLPG, a full flush, a CR3 switch and an MMU context reset all keep the old translation;
+//!   only deleting and re-adding the memslot (~100 us) does (`examples/host_coherence.rs`).
+//!   The `kvm` backend writes shadow PTEs from the VMM, so on this host it cycles the shadow
+//!   pool's memslot, with the vCPUs parked, whenever the MMU asks for a TLB flush (KVM's
+//!   algorithm follows every SPTE change other than not-present -> present with one). That is
+//!   correct (`tests/kvm_shadow.rs` shows the self-checks failing without it) and costly; SPTE
+//!   stores performed in guest context by the monitor would be the cheaper design.
+
+pub mod boot;
+pub mod elf;
+pub mod emulate;
+pub mod error;
+pub mod exit;
+pub mod guest_image;
+pub mod hooks;
+pub mod hostmem;
+pub mod kick;
+pub mod layout;
+pub mod monitor;
+pub mod report;
+pub mod run;
+pub mod shadow;
+pub mod stats;
+pub mod ucall;
+pub mod vcpu;
+pub mod vm;
+
+pub use boot::GuestParams;
+pub use error::KvmError;
+pub use hooks::{FaultOutcome, HookError, MmuHooks, NativeMmu};
+pub use kick::{make_all_cpus_request, new_kicks, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
+pub use report::{FailureKind, GuestFailure, RunResult, VcpuReport};
+pub use run::{
+    run_native, run_native_reports, run_native_with, FaultInjection, HypercallPath, RunConfig,
+};
+pub use shadow::{run_kvm, run_kvm_reports};
+pub use shadowlab_guest_abi::program;
+
+/// Why `/dev/kvm` cannot be used here, or `None` if it can (opened and API version 12).
+pub fn kvm_unavailable_reason() -> Option<String> {
+    kvm_unavailable_reason_at("/dev/kvm")
+}
+
+/// [`kvm_unavailable_reason`] for a KVM device node at `path`.
+pub fn kvm_unavailable_reason_at(path: &str) -> Option<String> {
+    let cpath = match std::ffi::CString::new(path) {
+        Ok(c) => c,
+        Err(_) => return Some(format!("bad device path {path:?}")),
+    };
+    match kvm_ioctls::Kvm::new_with_path(&cpath) {
+        Err(e) => Some(format!("opening {path}: {e}")),
+        Ok(k) if k.get_api_version() != 12 => {
+            Some(format!("KVM API version {}", k.get_api_version()))
+        }
+        Ok(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_device_has_a_reason() {
+        let r = super::kvm_unavailable_reason_at("/nonexistent/kvm").expect("unavailable");
+        assert!(r.contains("/nonexistent/kvm"), "{r}");
+        assert!(
+            super::kvm_unavailable_reason_at("/dev/null").is_some(),
+            "not a KVM device"
+        );
+    }
+}

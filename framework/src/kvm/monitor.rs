@@ -1,0 +1,460 @@
+//! The VMM-owned monitor: GDT, IDT, per-vCPU TSSes and IST stacks, and the exception stubs that
+//! turn a guest exception into an exit.
+//!
+//! The monitor lives in its own memslot at [`MONITOR_GPA`] and is mapped at
+//! [`MONITOR_BASE`] (PML4 slot 511, supervisor-only) by the monitor's own page tables, which the
+//! VMM links into every root the vCPU runs on (the guest's own roots in `native` mode, every
+//! shadow root in `kvm` mode) — as PVM clones its host entries into each root.
+//!
+//! The guest runs at CPL3 with IOPL=3 (port I/O allowed): on a software-virtualised host such
+//! as this machine's kvm_pvm, CPL0 guest code is run by the host's instruction emulator, which
+//! has no SSE, while CPL3 code runs natively. Only the monitor's few stubs run at CPL0. This is
+//! also why the monitor is mapped supervisor-only: the guest cannot touch it.
+//!
+//! Every exception vector 0..32 goes through an interrupt gate with IST1, so the CPU always
+//! switches to the vCPU's IST stack in the monitor. The stub pushes a zero error code where the
+//! CPU does not, the vector, RAX and RDX, and does `out EXCEPTION_PORT, eax` with the vector:
+//! the VMM reads the exception frame straight out of its own monitor memory (no guest-memory
+//! translation), CR2 from KVM_GET_SREGS, and decides. When the VMM resumes the vCPU the stub
+//! pops and `iretq`s, so a fault the VMM fixed (a shadow-MMU fault) re-executes the faulting
+//! instruction.
+
+use shadowlab_guest_abi::{EXCEPTION_PORT, MAX_VCPUS};
+use shadowlab_workloads::layout::{pte, MONITOR_BASE};
+
+use super::layout::MONITOR_GPA;
+use super::ucall::GuestPhys;
+use crate::mem::{MemError, MemRegion};
+
+/// Offset of the GDT.
+pub const GDT_OFF: u64 = 0x0000;
+/// Offset of the IDT.
+pub const IDT_OFF: u64 = 0x1000;
+/// Offset of the stub code.
+pub const STUBS_OFF: u64 = 0x2000;
+/// Offset of the TSS array.
+pub const TSS_OFF: u64 = 0x3000;
+/// Stride of one TSS.
+pub const TSS_STRIDE: u64 = 128;
+/// Offset of the monitor's PDPT (PML4 slot 511 points here).
+pub const PDPT_OFF: u64 = 0x5000;
+/// Offset of the monitor's PD.
+pub const PD_OFF: u64 = 0x6000;
+/// Offset of the monitor's PT.
+pub const PT_OFF: u64 = 0x7000;
+/// Offset of the first IST stack (one page per vCPU).
+pub const IST_OFF: u64 = 0x8000;
+/// Size of the monitor region.
+pub const MONITOR_SIZE: u64 = IST_OFF + MAX_VCPUS as u64 * 0x1000;
+// One PT maps the whole monitor.
+const _: () = assert!(MONITOR_SIZE <= 512 * 4096);
+
+/// Kernel (CPL0) code segment selector: the monitor's stubs run here.
+pub const CODE_SEL: u16 = 0x08;
+/// Kernel data segment selector.
+pub const DATA_SEL: u16 = 0x10;
+/// User (CPL3) data segment selector, RPL 3: the guest's SS/DS/ES.
+pub const USER_DATA_SEL: u16 = 0x18 | 3;
+/// User (CPL3) 64-bit code segment selector, RPL 3: the guest's CS.
+pub const USER_CODE_SEL: u16 = 0x20 | 3;
+/// First TSS selector; vCPU `i` uses `TSS_SEL0 + 16 * i`.
+pub const TSS_SEL0: u16 = 0x28;
+/// Bytes in the GDT.
+pub const GDT_LIMIT: u16 = (5 * 8 + MAX_VCPUS * 16 - 1) as u16;
+
+/// Vector of the native-op gate (DPL3): `int3` with EAX = a `shadowlab_guest_abi::native_op`
+/// and RDI = its argument runs `mov cr3`/`invlpg`/a CR3 reload at CPL0 in the monitor. A
+/// `native` guest runs at CPL3, so this is how its privileged MMU instructions execute.
+pub const NATIVE_GATE_VECTOR: u8 = 3;
+/// Offset of the native-op gate's code within the stubs page.
+const NATIVE_OFF: u64 = 0x400;
+
+/// Vectors for which the CPU pushes an error code.
+const ERROR_CODE_VECTORS: [u8; 10] = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30];
+/// Stride of one per-vector stub.
+const STUB_STRIDE: u64 = 16;
+/// Offset of the common stub tail within the stubs page.
+const COMMON_OFF: u64 = 32 * STUB_STRIDE;
+
+/// The PML4 entry that links the monitor into a root: present, writable, supervisor-only.
+pub const fn pml4_entry() -> u64 {
+    (MONITOR_GPA + PDPT_OFF) | pte::P | pte::W
+}
+
+/// Top of vCPU `vcpu`'s IST stack, as an offset into the monitor.
+pub const fn ist_top_off(vcpu: usize) -> u64 {
+    IST_OFF + (vcpu as u64 + 1) * 0x1000
+}
+
+/// Machine code of the stubs page: 32 per-vector entries, then the common tail.
+pub fn stub_code() -> Vec<u8> {
+    let mut code = vec![0xccu8; 4096]; // int3 padding
+    for v in 0u8..32 {
+        let at = (u64::from(v) * STUB_STRIDE) as usize;
+        let mut s = Vec::with_capacity(16);
+        if !ERROR_CODE_VECTORS.contains(&v) {
+            s.extend_from_slice(&[0x6a, 0x00]); // push 0 (error code)
+        }
+        s.extend_from_slice(&[0x6a, v]); // push vector
+        let next = at + s.len() + 5;
+        let rel = (COMMON_OFF as i64 - next as i64) as i32;
+        s.push(0xe9); // jmp rel32 common
+        s.extend_from_slice(&rel.to_le_bytes());
+        code[at..at + s.len()].copy_from_slice(&s);
+    }
+    let port = EXCEPTION_PORT.to_le_bytes();
+    let common: [u8; 21] = [
+        0x50, // push rax
+        0x52, // push rdx
+        0x8b, 0x44, 0x24, 0x10, // mov eax, [rsp+16]  (the vector)
+        0x66, 0xba, port[0], port[1], // mov dx, EXCEPTION_PORT
+        0xef,    // out dx, eax        -> exit to the VMM
+        0x5a,    // pop rdx
+        0x58,    // pop rax
+        0x48, 0x83, 0xc4, 0x10, // add rsp, 16        (vector, error code)
+        0x48, 0xcf, // iretq
+        0x0f, 0x0b, // ud2 (never reached)
+    ];
+    code[COMMON_OFF as usize..COMMON_OFF as usize + common.len()].copy_from_slice(&common);
+    let gate = native_gate();
+    code[NATIVE_OFF as usize..NATIVE_OFF as usize + gate.len()].copy_from_slice(&gate);
+    code
+}
+
+/// The native-op gate: dispatch on EAX (see [`NATIVE_GATE_VECTOR`]). The gate clobbers RAX
+/// and RDX (the guest's `int3` declares them) and touches no stack: on a software-virtualised
+/// host its instructions are emulated, and every emulated store counts as a guest page-table
+/// write in the host's `mmu_pte_write` while shadow pages exist, which would pollute the
+/// `native` statistics.
+///
+/// LOAD_CR3 first links the monitor into the new root (PML4 slot 511, if it is not already
+/// there) through the direct map, then loads CR3: the guest's own roots do not carry the
+/// monitor (the workloads never copy slot 511), and without it the very `iretq` after the
+/// `mov cr3` could not be fetched. This is the `native` counterpart of the VMM linking the
+/// monitor into every shadow root. It writes a root page once; the host's MMU sees that write
+/// like any guest page-table write.
+fn native_gate() -> [u8; 59] {
+    use shadowlab_guest_abi::native_op::{INVLPG, LOAD_CR3};
+    use shadowlab_workloads::layout::DIRECT_MAP_BASE;
+    let slot =
+        (DIRECT_MAP_BASE + 8 * shadowlab_workloads::layout::MONITOR_SLOT as u64).to_le_bytes();
+    let pml4e = pml4_entry().to_le_bytes();
+    let mut g = [0u8; 59];
+    let parts: [&[u8]; 19] = [
+        &[0x83, 0xf8, LOAD_CR3 as u8], // 0:  cmp eax, LOAD_CR3
+        &[0x74, 0x0d],                 // 3:  je 18
+        &[0x83, 0xf8, INVLPG as u8],   // 5:  cmp eax, INVLPG
+        &[0x74, 0x2c],                 // 8:  je 54
+        &[0x0f, 0x20, 0xd8],           // 10: mov rax, cr3     (FLUSH_TLB, and anything else)
+        &[0x0f, 0x22, 0xd8],           // 13: mov cr3, rax
+        &[0x48, 0xcf],                 // 16: iretq
+        &[0x48, 0xb8],                 // 18: movabs rax, DIRECT_MAP_BASE + 8 * 511
+        &slot,
+        &[0x48, 0x01, 0xf8], // 28: add rax, rdi     (the root's slot 511 in the direct map)
+        &[0x48, 0xba],       // 31: movabs rdx, pml4_entry()
+        &pml4e,
+        &[0x48, 0x39, 0x10], // 41: cmp [rax], rdx
+        &[0x74, 0x03],       // 44: je 49
+        &[0x48, 0x89, 0x10], // 46: mov [rax], rdx
+        &[0x0f, 0x22, 0xdf], // 49: mov cr3, rdi
+        &[0x48, 0xcf],       // 52: iretq
+        &[0x0f, 0x01, 0x3f], // 54: invlpg [rdi]
+        &[0x48, 0xcf],       // 57: iretq
+    ];
+    let mut at = 0;
+    for p in parts {
+        g[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    debug_assert_eq!(at, g.len());
+    g
+}
+
+fn gdt_code64() -> u64 {
+    // base 0, limit 0xfffff, G, L, P, DPL0, S, type 0xb (execute/read, accessed).
+    0x00af_9b00_0000_ffff
+}
+
+fn gdt_data() -> u64 {
+    // base 0, limit 0xfffff, G, D/B, P, DPL0, S, type 0x3 (read/write, accessed).
+    0x00cf_9300_0000_ffff
+}
+
+fn gdt_user_data() -> u64 {
+    // As gdt_data with DPL3.
+    0x00cf_f300_0000_ffff
+}
+
+fn gdt_user_code64() -> u64 {
+    // As gdt_code64 with DPL3.
+    0x00af_fb00_0000_ffff
+}
+
+/// A 16-byte 64-bit TSS descriptor (busy, as KVM_SET_SREGS loads TR).
+fn tss_descriptor(base: u64, limit: u32) -> [u64; 2] {
+    let lo = u64::from(limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0xb << 40) // type: busy 64-bit TSS
+        | (1 << 47) // present
+        | (u64::from((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    [lo, base >> 32]
+}
+
+/// A 16-byte interrupt gate to `handler`, IST1, DPL0 (exceptions only).
+fn idt_gate(handler: u64) -> [u64; 2] {
+    idt_gate_dpl(handler, 0)
+}
+
+/// A 16-byte interrupt gate to `handler`, IST1, with the given DPL (3: `int n` from CPL3).
+fn idt_gate_dpl(handler: u64, dpl: u64) -> [u64; 2] {
+    let lo = (handler & 0xffff)
+        | (u64::from(CODE_SEL) << 16)
+        | (1 << 32) // IST1
+        | ((0x8e | (dpl << 5)) << 40) // present, DPL, 64-bit interrupt gate
+        | (((handler >> 16) & 0xffff) << 48);
+    [lo, handler >> 32]
+}
+
+/// Writes the monitor for `nr_vcpus` vCPUs into `mon` (a [`MONITOR_SIZE`] mapping).
+pub fn build(mon: &MemRegion, nr_vcpus: usize) -> Result<(), MemError> {
+    // GDT: null, code, data, (unused), then one TSS descriptor per vCPU.
+    mon.write_u64(GDT_OFF, 0)?;
+    mon.write_u64(GDT_OFF + 8, gdt_code64())?;
+    mon.write_u64(GDT_OFF + 16, gdt_data())?;
+    mon.write_u64(GDT_OFF + 24, gdt_user_data())?;
+    mon.write_u64(GDT_OFF + 32, gdt_user_code64())?;
+    for i in 0..nr_vcpus {
+        let tss = MONITOR_BASE + TSS_OFF + i as u64 * TSS_STRIDE;
+        let [lo, hi] = tss_descriptor(tss, 103);
+        let at = GDT_OFF + u64::from(TSS_SEL0) + 16 * i as u64;
+        mon.write_u64(at, lo)?;
+        mon.write_u64(at + 8, hi)?;
+        // TSS: RSP0 and IST1 both point at this vCPU's IST stack; no I/O bitmap.
+        let toff = TSS_OFF + i as u64 * TSS_STRIDE;
+        let top = MONITOR_BASE + ist_top_off(i);
+        mon.write_bytes(toff + 4, &top.to_le_bytes())?; // RSP0
+        mon.write_bytes(toff + 36, &top.to_le_bytes())?; // IST1
+        mon.write_bytes(toff + 102, &104u16.to_le_bytes())?; // I/O map base: none
+    }
+    // IDT: vectors 0..32 to their stubs; the rest not present (#GP -> vector 13's stub).
+    for v in 0..32u64 {
+        let [lo, hi] = idt_gate(MONITOR_BASE + STUBS_OFF + v * STUB_STRIDE);
+        mon.write_u64(IDT_OFF + v * 16, lo)?;
+        mon.write_u64(IDT_OFF + v * 16 + 8, hi)?;
+    }
+    let [lo, hi] = idt_gate_dpl(MONITOR_BASE + STUBS_OFF + NATIVE_OFF, 3);
+    mon.write_u64(IDT_OFF + u64::from(NATIVE_GATE_VECTOR) * 16, lo)?;
+    mon.write_u64(IDT_OFF + u64::from(NATIVE_GATE_VECTOR) * 16 + 8, hi)?;
+    mon.write_bytes(STUBS_OFF, &stub_code())?;
+    // Page tables of slot 511: PDPT[0] -> PD[0] -> PT, PT[i] -> monitor page i.
+    mon.write_u64(PDPT_OFF, (MONITOR_GPA + PD_OFF) | pte::P | pte::W)?;
+    mon.write_u64(PD_OFF, (MONITOR_GPA + PT_OFF) | pte::P | pte::W)?;
+    for page in 0..MONITOR_SIZE / 4096 {
+        let off = page * 4096;
+        let flags = if off == STUBS_OFF {
+            pte::P | pte::A // read-only, executable
+        } else {
+            pte::P | pte::W | pte::A | pte::D | pte::NX
+        };
+        mon.write_u64(PT_OFF + page * 8, (MONITOR_GPA + off) | flags)?;
+    }
+    Ok(())
+}
+
+/// The exception frame a stub left on vCPU `vcpu`'s IST stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ExceptionFrame {
+    /// The vector.
+    pub vector: u64,
+    /// The error code (0 where the CPU pushes none).
+    pub error_code: u64,
+    /// Faulting RIP.
+    pub rip: u64,
+    /// CS at the fault.
+    pub cs: u64,
+    /// RFLAGS at the fault.
+    pub rflags: u64,
+    /// RSP at the fault.
+    pub rsp: u64,
+    /// RAX at the fault (saved by the stub).
+    pub rax: u64,
+    /// RDX at the fault (saved by the stub).
+    pub rdx: u64,
+}
+
+/// Offset (below the IST top) of the frame's RIP.
+const FRAME_RIP: u64 = 40;
+/// Offset (below the IST top) of the stub's saved RAX.
+const FRAME_RAX: u64 = 64;
+
+/// Sets the RIP the stub's `iretq` returns to (to skip an instruction the VMM emulated).
+pub fn set_frame_rip(mon: &MemRegion, vcpu: usize, rip: u64) -> Result<(), MemError> {
+    mon.write_u64(ist_top_off(vcpu) - FRAME_RIP, rip)
+}
+
+/// Sets the RAX the stub restores.
+pub fn set_frame_rax(mon: &MemRegion, vcpu: usize, rax: u64) -> Result<(), MemError> {
+    mon.write_u64(ist_top_off(vcpu) - FRAME_RAX, rax)
+}
+
+/// Reads the frame of the exception vCPU `vcpu` is reporting.
+pub fn read_frame(mon: &MemRegion, vcpu: usize) -> Result<ExceptionFrame, MemError> {
+    let top = ist_top_off(vcpu);
+    // The CPU aligns the IST top (already 16-aligned) and pushes SS, RSP, RFLAGS, CS, RIP,
+    // [error]; the stub pushes [0], the vector, RAX, RDX.
+    Ok(ExceptionFrame {
+        rsp: mon.read_u64(top - 16)?,
+        rflags: mon.read_u64(top - 24)?,
+        cs: mon.read_u64(top - 32)?,
+        rip: mon.read_u64(top - FRAME_RIP)?,
+        error_code: mon.read_u64(top - 48)?,
+        vector: mon.read_u64(top - 56)?,
+        rax: mon.read_u64(top - FRAME_RAX)?,
+        rdx: mon.read_u64(top - 72)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvm::hostmem::new_region;
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+
+    fn decode(code: &[u8], ip: u64) -> Vec<(u64, Mnemonic, u64)> {
+        let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+        let mut out = Vec::new();
+        while d.can_decode() {
+            let i = d.decode();
+            out.push((i.ip(), i.mnemonic(), i.near_branch_target()));
+            if matches!(i.mnemonic(), Mnemonic::Jmp | Mnemonic::Iretq) {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_stub_pushes_vector_and_reaches_the_common_tail() {
+        let code = stub_code();
+        let base = MONITOR_BASE + STUBS_OFF;
+        for v in 0..32u64 {
+            let at = (v * STUB_STRIDE) as usize;
+            let ins = decode(&code[at..], base + at as u64);
+            let pushes = ins.iter().filter(|i| i.1 == Mnemonic::Push).count();
+            let expected = if ERROR_CODE_VECTORS.contains(&(v as u8)) {
+                1
+            } else {
+                2
+            };
+            assert_eq!(pushes, expected, "vector {v}: {ins:?}");
+            let last = ins.last().unwrap();
+            assert_eq!(last.1, Mnemonic::Jmp, "vector {v}");
+            assert_eq!(last.2, base + COMMON_OFF, "vector {v} jumps to the tail");
+        }
+        let tail = decode(&code[COMMON_OFF as usize..], base + COMMON_OFF);
+        let m: Vec<Mnemonic> = tail.iter().map(|i| i.1).collect();
+        assert_eq!(
+            m,
+            [
+                Mnemonic::Push,
+                Mnemonic::Push,
+                Mnemonic::Mov,
+                Mnemonic::Mov,
+                Mnemonic::Out,
+                Mnemonic::Pop,
+                Mnemonic::Pop,
+                Mnemonic::Add,
+                Mnemonic::Iretq
+            ]
+        );
+    }
+
+    #[test]
+    fn native_gate_branches_reach_mov_cr3_and_invlpg() {
+        let code = stub_code();
+        let base = MONITOR_BASE + STUBS_OFF + NATIVE_OFF;
+        let gate = &code[NATIVE_OFF as usize..NATIVE_OFF as usize + native_gate().len()];
+        let mut d = Decoder::with_ip(64, gate, base, DecoderOptions::NONE);
+        let all: Vec<_> = std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
+        let at = |ip: u64| all.iter().find(|i| i.ip() == ip).map(|i| i.mnemonic());
+        let je: Vec<u64> = all
+            .iter()
+            .filter(|i| i.mnemonic() == Mnemonic::Je)
+            .map(|i| i.near_branch_target())
+            .collect();
+        assert_eq!(at(je[0]), Some(Mnemonic::Mov), "LOAD_CR3 branch (movabs)");
+        assert!(
+            all.iter()
+                .all(|i| !matches!(i.mnemonic(), Mnemonic::Push | Mnemonic::Pop)),
+            "no stack use"
+        );
+        let mov_cr3: Vec<_> = all
+            .iter()
+            .filter(|i| {
+                i.mnemonic() == Mnemonic::Mov && i.op0_register() == iced_x86::Register::CR3
+            })
+            .map(|i| i.op1_register())
+            .collect();
+        assert_eq!(mov_cr3, [iced_x86::Register::RAX, iced_x86::Register::RDI]);
+        assert_eq!(at(je[1]), Some(Mnemonic::Invlpg), "INVLPG branch");
+        // The skip over the store lands on the CR3 load.
+        assert_eq!(at(je[2]), Some(Mnemonic::Mov));
+        let imms: Vec<u64> = all
+            .iter()
+            .filter(|i| i.code() == iced_x86::Code::Mov_r64_imm64)
+            .map(|i| i.immediate64())
+            .collect();
+        assert_eq!(
+            imms,
+            [
+                shadowlab_workloads::layout::DIRECT_MAP_BASE + 511 * 8,
+                pml4_entry()
+            ]
+        );
+        assert_eq!(
+            all.iter()
+                .filter(|i| i.mnemonic() == Mnemonic::Iretq)
+                .count(),
+            3
+        );
+        assert!(all.iter().all(|i| i.mnemonic() != Mnemonic::INVALID));
+    }
+
+    #[test]
+    fn idt_gate_and_tss_descriptor_encode_their_base() {
+        let h = 0xffff_ff80_0000_2010u64;
+        let [lo, hi] = idt_gate(h);
+        assert_eq!(lo & 0xffff, h & 0xffff);
+        assert_eq!((lo >> 48) & 0xffff, (h >> 16) & 0xffff);
+        assert_eq!(hi, h >> 32);
+        assert_eq!((lo >> 32) & 7, 1, "IST1");
+        let b = 0xffff_ff80_0000_3080u64;
+        let [lo, hi] = tss_descriptor(b, 103);
+        let rebuilt = ((lo >> 16) & 0xff_ffff) | (((lo >> 56) & 0xff) << 24) | (hi << 32);
+        assert_eq!(rebuilt, b);
+    }
+
+    #[test]
+    fn monitor_fits_and_frame_reads_back() {
+        let mon = new_region(MONITOR_SIZE).unwrap();
+        build(&mon, MAX_VCPUS).unwrap();
+        let top = ist_top_off(3);
+        for (i, v) in [0xd, 0xa, 14u64, 0x6, 0x1234, 0x8, 0x202, 0x5000]
+            .iter()
+            .enumerate()
+        {
+            mon.write_u64(top - 72 + 8 * i as u64, *v).unwrap();
+        }
+        let f = read_frame(&mon, 3).unwrap();
+        assert_eq!(
+            (f.vector, f.error_code, f.rip, f.cs, f.rflags, f.rsp),
+            (14, 6, 0x1234, 8, 0x202, 0x5000)
+        );
+        assert_eq!((f.rax, f.rdx), (0xa, 0xd));
+        set_frame_rip(&mon, 3, 0x1235).unwrap();
+        set_frame_rax(&mon, 3, 7).unwrap();
+        let f = read_frame(&mon, 3).unwrap();
+        assert_eq!((f.rip, f.rax), (0x1235, 7));
+    }
+}

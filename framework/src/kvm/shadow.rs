@@ -1,0 +1,282 @@
+//! The `kvm` backend: the vCPU's CR3 always holds a shadow root of [`crate::mmu`]; guest page
+//! faults reach [`Mmu::page_fault`] through the monitor's stub; CR3 loads, INVLPG and TLB
+//! flushes are hypercalls that end in `kvm_mmu_new_pgd` / `kvm_mmu_sync_roots`; stores to
+//! write-protected upper-level guest tables are decoded (`kvm::emulate`) and emulated.
+//!
+//! Host coherence: the VMM writes shadow PTEs from userspace. A host that itself shadows the
+//! guest's page tables (no EPT/NPT, like this machine's) does not see those writes (see the
+//! module docs of `kvm` and `examples/host_coherence.rs`) except for not-present -> present
+//! changes, which its fault path re-walks. Every other SPTE change in KVM's algorithm is
+//! followed by a remote TLB flush (`kvm_flush_remote_tlbs`), which the MMU delivers as
+//! `KVM_REQ_TLB_FLUSH` at the next guest entry: that is where this backend makes the host
+//! drop its shadows of the pool ([`Vm::cycle_pool_slot`]) with every vCPU parked outside
+//! KVM_RUN ([`RunGate`]). Correct, and expensive (about 100 us a flush here).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use shadowlab_guest_abi::GuestMode;
+use shadowlab_policies::SyncPolicy;
+
+use super::boot::{self, GuestParams};
+use super::elf::ElfImage;
+use super::error::KvmError;
+use super::guest_image::GUEST_ELF;
+use super::hooks::{FaultOutcome, HookError, MmuHooks};
+use super::kick::{new_kicks, VcpuKick};
+use super::monitor;
+use super::report::RunResult;
+use super::run::{first_failure, run_vm, Backend, FaultInjection, RunConfig};
+use super::vm::{MappedRam, Vm};
+use crate::mem::{FrameMap, GuestMemory, MemConfig};
+use crate::mmu::{self, Access, Mmu, VcpuMmu, KVM_REQ_MMU_RELOAD, KVM_REQ_TLB_FLUSH};
+
+/// How long a host flush waits for the other vCPUs to leave KVM_RUN.
+const PARK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps vCPUs out of KVM_RUN while the host's shadows are dropped.
+#[derive(Debug, Default)]
+pub struct RunGate {
+    in_run: AtomicUsize,
+    closed: AtomicBool,
+}
+
+impl RunGate {
+    /// Enters (blocks while the gate is closed). SeqCst: the closer's store of `closed` and
+    /// our increment of `in_run` are ordered against each other's loads, so either it sees us
+    /// in KVM_RUN and waits, or we see it closed and back off.
+    fn enter(&self) {
+        loop {
+            while self.closed.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            self.in_run.fetch_add(1, Ordering::SeqCst);
+            if !self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            self.in_run.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn leave(&self) {
+        self.in_run.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// [`MmuHooks`] over the shadow MMU.
+pub struct ShadowHooks<'a, P: SyncPolicy> {
+    mmu: &'a Mmu<P>,
+    vm: &'a Vm,
+    vcpus: Box<[Mutex<VcpuMmu>]>,
+    kicks: &'a [VcpuKick],
+    gate: RunGate,
+    flush_lock: Mutex<()>,
+    host_flushes: AtomicU64,
+    skip_host_flush: bool,
+}
+
+fn hook_err(e: impl std::fmt::Display) -> HookError {
+    HookError(e.to_string())
+}
+
+impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
+    /// Hooks for the vCPUs of `vm` (one kick state each) on `mmu`.
+    pub fn new(
+        mmu: &'a Mmu<P>,
+        vm: &'a Vm,
+        kicks: &'a [VcpuKick],
+        inject: Option<FaultInjection>,
+    ) -> Result<Self, KvmError> {
+        let vcpus = (0..kicks.len())
+            .map(|i| mmu.vcpu(i).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_boxed_slice();
+        Ok(Self {
+            mmu,
+            vm,
+            vcpus,
+            kicks,
+            gate: RunGate::default(),
+            flush_lock: Mutex::new(()),
+            host_flushes: AtomicU64::new(0),
+            skip_host_flush: inject == Some(FaultInjection::SkipHostFlush),
+        })
+    }
+
+    fn v(&self, vcpu: usize) -> MutexGuard<'_, VcpuMmu> {
+        // Only vCPU `vcpu`'s own thread takes it: never contended, never poisoned in practice.
+        self.vcpus[vcpu].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads vCPU `vcpu`'s boot CR3 and returns the shadow root to start on.
+    pub fn boot_cr3(&self, vcpu: usize, root: u64) -> Result<u64, KvmError> {
+        let mut v = self.v(vcpu);
+        self.mmu.kvm_mmu_new_pgd(&mut v, root)?;
+        v.root_hpa()
+            .ok_or_else(|| KvmError::Config(format!("vCPU {vcpu} has no shadow root")))
+    }
+
+    /// Host flushes done (pool memslot cycles).
+    pub fn host_flushes(&self) -> u64 {
+        self.host_flushes.load(Ordering::Relaxed)
+    }
+
+    /// Makes the host drop its shadows of the pool, with every other vCPU parked.
+    fn host_flush(&self, me: usize) -> Result<(), HookError> {
+        let _one = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.gate.closed.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        let result = loop {
+            if self.gate.in_run.load(Ordering::SeqCst) == 0 {
+                break self.vm.cycle_pool_slot().map_err(hook_err);
+            }
+            if start.elapsed() > PARK_TIMEOUT {
+                break Err(HookError(
+                    "vCPUs did not leave KVM_RUN for a host flush".into(),
+                ));
+            }
+            for (i, k) in self.kicks.iter().enumerate() {
+                if i != me {
+                    k.make_request_and_kick(0);
+                }
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        };
+        self.gate.closed.store(false, Ordering::SeqCst);
+        self.host_flushes.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+}
+
+impl<P: SyncPolicy> MmuHooks for ShadowHooks<'_, P> {
+    fn page_fault(
+        &self,
+        vcpu: usize,
+        gva: u64,
+        error_code: u64,
+    ) -> Result<FaultOutcome, HookError> {
+        let mut v = self.v(vcpu);
+        match self
+            .mmu
+            .page_fault(&mut v, gva, Access::from_pfec(error_code as u32))
+            .map_err(hook_err)?
+        {
+            // Retry: the requests it left are handled before re-entry, then the access re-runs.
+            mmu::FaultOutcome::Fixed | mmu::FaultOutcome::Retry => Ok(FaultOutcome::Fixed),
+            mmu::FaultOutcome::GuestFault(_) => Ok(FaultOutcome::GuestFault),
+            mmu::FaultOutcome::Emulate { gpa } => Ok(FaultOutcome::Emulate { gpa }),
+        }
+    }
+
+    fn load_cr3(&self, vcpu: usize, root: u64) -> Result<Option<u64>, HookError> {
+        let mut v = self.v(vcpu);
+        self.mmu.kvm_mmu_new_pgd(&mut v, root).map_err(hook_err)?;
+        Ok(v.root_hpa())
+    }
+
+    fn invlpg(&self, vcpu: usize, gva: u64) -> Result<bool, HookError> {
+        self.mmu.kvm_mmu_invlpg(&self.v(vcpu), gva);
+        Ok(true)
+    }
+
+    fn flush_tlb(&self, vcpu: usize) -> Result<bool, HookError> {
+        self.mmu.kvm_mmu_flush_tlb_guest(&self.v(vcpu));
+        Ok(true)
+    }
+
+    fn emulated_write(&self, vcpu: usize, gpa: u64, value: u64, len: u8) -> Result<(), HookError> {
+        let bytes = value.to_le_bytes();
+        self.mmu
+            .emulate_write(&self.v(vcpu), gpa, &bytes[..len as usize])
+            .map_err(hook_err)
+    }
+
+    fn flush_before_entry(&self, _vcpu: usize) -> Result<Option<u64>, HookError> {
+        // The MMU posts its own requests (handled in before_entry); kicks only force exits.
+        Ok(None)
+    }
+
+    fn before_entry(&self, vcpu: usize) -> Result<Option<u64>, HookError> {
+        let mut cr3 = None;
+        loop {
+            let req = self.mmu.vcpu_enter_guest(vcpu);
+            if req == 0 {
+                break;
+            }
+            if req & KVM_REQ_MMU_RELOAD != 0 {
+                let mut v = self.v(vcpu);
+                self.mmu.kvm_mmu_reload(&mut v).map_err(hook_err)?;
+                cr3 = v.root_hpa();
+            }
+            if req & KVM_REQ_TLB_FLUSH != 0 && !self.skip_host_flush {
+                self.host_flush(vcpu)?;
+            }
+        }
+        self.gate.enter();
+        Ok(cr3)
+    }
+
+    fn after_exit(&self, vcpu: usize) {
+        self.gate.leave();
+        self.mmu.vcpu_exit_guest(vcpu);
+    }
+}
+
+/// Runs the guest on the shadow MMU (`--backend kvm`) with the build's policy. Guest RAM sits
+/// behind a seeded, non-identity gfn -> backing-frame map. `Ok` only if every vCPU reported
+/// DONE.
+pub fn run_kvm(config: &RunConfig, params: &GuestParams) -> Result<RunResult, KvmError> {
+    let result = run_kvm_reports::<crate::BuildPolicy>(config, params)?;
+    first_failure(&result)?;
+    Ok(result)
+}
+
+/// [`run_kvm`] with policy `P`, returning the reports even when vCPUs failed.
+pub fn run_kvm_reports<P: SyncPolicy>(
+    config: &RunConfig,
+    params: &GuestParams,
+) -> Result<RunResult, KvmError> {
+    let n = config.nr_vcpus;
+    let mem = Arc::new(GuestMemory::new(MemConfig {
+        ram_bytes: config.ram_size,
+        pool_pages: config.pool_pages,
+        frame_map: FrameMap::Permuted {
+            seed: params.seed ^ 0x5eed_f4a3,
+        },
+    })?);
+    let vm = Vm::with_guest_memory(mem.clone(), n)?;
+    let image = ElfImage::parse(GUEST_ELF)?;
+    let ram = MappedRam(&mem);
+    // Port I/O hypercalls: the MMIO window is not guest RAM, and the shadow MMU maps nothing else.
+    let plan = boot::prepare(&ram, &image, n, GuestMode::Shadow, params, false)?;
+    let mmu = Mmu::<P>::new(mem.clone(), n)?;
+    mmu.link_monitor(monitor::pml4_entry());
+    let kicks: Arc<[VcpuKick]> = new_kicks(n).into();
+    {
+        let k = kicks.clone();
+        mmu.set_kicker(move |i| {
+            if let Some(x) = k.get(i) {
+                x.make_request_and_kick(0);
+            }
+        });
+    }
+    let hooks = ShadowHooks::new(&mmu, &vm, &kicks, config.inject)?;
+    let cr3s = plan
+        .vcpus
+        .iter()
+        .enumerate()
+        .map(|(i, b)| hooks.boot_cr3(i, b.boot_root))
+        .collect::<Result<Vec<_>, _>>()?;
+    let backend = Backend {
+        cr3s: &cr3s,
+        mem: &ram,
+        mmu: &hooks,
+        kicks: &kicks,
+        name: "kvm",
+    };
+    let mut result = run_vm(&vm, config, &plan, backend)?;
+    result.mmu_stats = serde_json::to_value(mmu.stats()).ok();
+    result.host_flushes = Some(hooks.host_flushes());
+    Ok(result)
+}

@@ -1,0 +1,326 @@
+//! One vCPU's thread: KVM_RUN, decode the exit, hand it to [`handle_exit`], act on the answer;
+//! requests (remote TLB flush, stop) are checked before every entry.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use shadowlab_guest_abi::{EXCEPTION_PORT, HYPERCALL_MMIO_GPA, NOP_PORT, UCALL_PORT};
+use shadowlab_workloads::layout::DIRECT_MAP_BASE;
+
+use super::emulate::Gprs;
+use super::error::KvmError;
+use super::exit::{complete_emulation, handle_exit, DecodedExit, ExitAction, ExitState};
+use super::hooks::MmuHooks;
+use super::kick::{make_all_cpus_request, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
+use super::monitor;
+use super::report::{FailureKind, FaultTiming, GuestFailure, GuestRegs, VcpuReport};
+use super::ucall::GuestPhys;
+use crate::mem::MemRegion;
+
+/// What every vCPU thread of a run shares.
+pub struct Shared<'a, M: ?Sized, H: ?Sized> {
+    /// Guest RAM as the exit handler sees it.
+    pub mem: &'a M,
+    /// The monitor (exception frames are read from it).
+    pub monitor: &'a MemRegion,
+    /// The MMU.
+    pub mmu: &'a H,
+    /// Every vCPU's kick state, by index.
+    pub kicks: &'a [VcpuKick],
+    /// Set by the watchdog before it stops the vCPUs.
+    pub timed_out: &'a AtomicBool,
+    /// The watchdog's limit, for the report.
+    pub timeout_ms: u64,
+}
+
+fn decode(exit: VcpuExit<'_>) -> DecodedExit {
+    match exit {
+        VcpuExit::IoOut(port, data) => {
+            let mut v = [0u8; 4];
+            let n = data.len().min(4);
+            v[..n].copy_from_slice(&data[..n]);
+            DecodedExit::IoOut {
+                port,
+                size: data.len().min(255) as u8,
+                value: u32::from_le_bytes(v),
+            }
+        }
+        VcpuExit::IoIn(port, data) => DecodedExit::IoIn {
+            port,
+            size: data.len().min(255) as u8,
+        },
+        VcpuExit::Hlt => DecodedExit::Hlt,
+        VcpuExit::Shutdown => DecodedExit::Shutdown,
+        VcpuExit::InternalError => DecodedExit::InternalError { suberror: 0 },
+        VcpuExit::FailEntry(reason, _) => DecodedExit::FailEntry { reason },
+        VcpuExit::MmioRead(gpa, _) => DecodedExit::Mmio { gpa, write: false },
+        VcpuExit::MmioWrite(gpa, data)
+            if (HYPERCALL_MMIO_GPA..HYPERCALL_MMIO_GPA + 0x1000).contains(&gpa)
+                && data.len() == 4 =>
+        {
+            // A hypercall through the MMIO window: the offset is the port.
+            let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            DecodedExit::IoOut {
+                port: (gpa - HYPERCALL_MMIO_GPA) as u16,
+                size: 4,
+                value,
+            }
+        }
+        VcpuExit::MmioWrite(gpa, _) => DecodedExit::Mmio { gpa, write: true },
+        other => DecodedExit::Other(format!("{other:?}")),
+    }
+}
+
+/// Up to 15 instruction bytes at `rip`, read through the direct map (the guest runs code only
+/// from there); fewer (possibly none) at the end of guest RAM or outside the direct map, which
+/// the decoder then reports as undecodable.
+pub fn fetch_insn<M: GuestPhys + ?Sized>(mem: &M, rip: u64) -> Vec<u8> {
+    let Some(gpa) = rip.checked_sub(DIRECT_MAP_BASE) else {
+        return Vec::new();
+    };
+    let n = mem.ram_size().saturating_sub(gpa).min(15) as usize;
+    let mut buf = vec![0u8; n];
+    if mem.read(gpa, &mut buf).is_err() {
+        buf.clear();
+    }
+    buf
+}
+
+/// If `frame` is a #GP the guest took on its own `out dx, eax` / `out imm8, eax` to a hypercall
+/// port at CPL3, returns the port and the RIP after the instruction.
+///
+/// Why: the guest runs at CPL3 with IOPL=3, and on a host that honours IOPL its `out` exits
+/// directly. This machine's software-virtualised host does not (a CPL3 `out` raises #GP), so the
+/// monitor reports the #GP and the VMM emulates the `out` from the frame: the stub saved RAX and
+/// RDX, the instruction bytes are read from guest RAM through the direct map (the guest only
+/// runs code from there). Anything else stays a #GP.
+pub fn refused_out<M: GuestPhys + ?Sized>(
+    mem: &M,
+    frame: &monitor::ExceptionFrame,
+) -> Option<(u16, u64)> {
+    if frame.vector != 13 || frame.error_code != 0 || frame.cs & 3 != 3 {
+        return None;
+    }
+    let gpa = frame.rip.checked_sub(DIRECT_MAP_BASE)?;
+    let mut insn = [0u8; 2];
+    if gpa.checked_add(2)? > mem.ram_size() {
+        return None;
+    }
+    mem.read(gpa, &mut insn).ok()?;
+    let (port, len) = match insn {
+        [0xef, _] => (frame.rdx as u16, 1),
+        [0xe7, imm] => (u16::from(imm), 2),
+        _ => return None,
+    };
+    matches!(port, UCALL_PORT | NOP_PORT).then_some((port, frame.rip + len))
+}
+
+fn regs_of(vcpu: &VcpuFd) -> Option<GuestRegs> {
+    let r = vcpu.get_regs().ok()?;
+    let s = vcpu.get_sregs().ok()?;
+    Some(GuestRegs::from_kvm(&r, &s))
+}
+
+fn set_cr3(vcpu: &VcpuFd, index: usize, cr3: u64) -> Result<(), KvmError> {
+    let mut s = vcpu.get_sregs().map_err(|source| KvmError::GetSregs {
+        vcpu: index,
+        source,
+    })?;
+    s.cr3 = cr3;
+    vcpu.set_sregs(&s).map_err(|source| KvmError::SetSregs {
+        vcpu: index,
+        source,
+    })
+}
+
+/// Runs vCPU `index` until DONE, a failure, or a stop request; the vCPU fd is dropped at the end.
+pub fn run_vcpu<M, H>(
+    mut vcpu: VcpuFd,
+    index: usize,
+    sh: &Shared<'_, M, H>,
+) -> Result<VcpuReport, KvmError>
+where
+    M: GuestPhys + ?Sized,
+    H: MmuHooks + ?Sized,
+{
+    let kick = &sh.kicks[index];
+    let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
+    // SAFETY: the kvm_run mapping lives as long as `vcpu`, which outlives the registration
+    // (unregistered below before `vcpu` is dropped); this thread runs the vCPU.
+    unsafe { kick.register(immediate_exit) };
+    let result = vcpu_loop(&mut vcpu, index, sh);
+    kick.unregister();
+    let (st, outcome) = result?;
+    if outcome.is_err() {
+        // A failed vCPU may leave the others waiting for it forever: stop them.
+        make_all_cpus_request(sh.kicks, REQ_STOP, Some(index));
+    }
+    Ok(VcpuReport {
+        vcpu: index,
+        outcome,
+        exits: st.exits,
+        syncs: st.syncs,
+        prints: st.prints,
+        fault_handling: FaultTiming::of(st.fault_ns),
+    })
+}
+
+type LoopResult = Result<(ExitState, Result<super::report::Done, GuestFailure>), KvmError>;
+
+fn vcpu_loop<M, H>(vcpu: &mut VcpuFd, index: usize, sh: &Shared<'_, M, H>) -> LoopResult
+where
+    M: GuestPhys + ?Sized,
+    H: MmuHooks + ?Sized,
+{
+    let mut st = ExitState::new(index);
+    loop {
+        if let Some(outcome) = step(vcpu, index, sh, &mut st)? {
+            return Ok((st, outcome));
+        }
+    }
+}
+
+/// The outcome of a vCPU that stopped: DONE or its failure.
+pub type Outcome = Result<super::report::Done, GuestFailure>;
+
+/// One round of the vCPU loop: pending requests, one KVM_RUN, the exit decoded and handled.
+/// `Ok(None)`: re-enter. Public so that a benchmark can drive the real VMM path exit by exit.
+pub fn step<M, H>(
+    vcpu: &mut VcpuFd,
+    index: usize,
+    sh: &Shared<'_, M, H>,
+    st: &mut ExitState,
+) -> Result<Option<Outcome>, KvmError>
+where
+    M: GuestPhys + ?Sized,
+    H: MmuHooks + ?Sized,
+{
+    let kick = &sh.kicks[index];
+    let fail = |st: &ExitState, vcpu: &VcpuFd, kind: FailureKind| GuestFailure {
+        kind,
+        regs: regs_of(vcpu),
+        last_message: st.last_message.clone(),
+    };
+    if kick.check_request(REQ_STOP) {
+        let kind = if sh.timed_out.load(Ordering::Acquire) {
+            FailureKind::Timeout {
+                millis: sh.timeout_ms,
+            }
+        } else {
+            FailureKind::Stopped("another vCPU failed".into())
+        };
+        return Ok(Some(Err(fail(st, vcpu, kind))));
+    }
+    if kick.check_request(REQ_TLB_FLUSH) {
+        match sh.mmu.flush_before_entry(index) {
+            Ok(Some(cr3)) => set_cr3(vcpu, index, cr3)?,
+            Ok(None) => {}
+            Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.0))))),
+        }
+    }
+    match sh.mmu.before_entry(index) {
+        Ok(Some(cr3)) => set_cr3(vcpu, index, cr3)?,
+        Ok(None) => {}
+        Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.0))))),
+    }
+    let ran = vcpu.run();
+    sh.mmu.after_exit(index);
+    let decoded = match ran {
+        Ok(exit) => decode(exit),
+        Err(e) if e.errno() == libc::EINTR => {
+            st.exits.kicked += 1;
+            kick.clear_immediate_exit();
+            return Ok(None);
+        }
+        Err(source) => {
+            return Err(KvmError::Run {
+                vcpu: index,
+                source,
+            })
+        }
+    };
+    let mut refused_out_next_rip = None;
+    let decoded = match decoded {
+        DecodedExit::IoOut {
+            port: EXCEPTION_PORT,
+            ..
+        } => {
+            let frame = monitor::read_frame(sh.monitor, index)?;
+            if let Some((port, next_rip)) = refused_out(sh.mem, &frame) {
+                st.exits.emulated_out += 1;
+                refused_out_next_rip = Some(next_rip);
+                DecodedExit::IoOut {
+                    port,
+                    size: 4,
+                    value: frame.rax as u32,
+                }
+            } else {
+                let cr2 = vcpu
+                    .get_sregs()
+                    .map_err(|source| KvmError::GetSregs {
+                        vcpu: index,
+                        source,
+                    })?
+                    .cr2;
+                DecodedExit::Exception { frame, cr2 }
+            }
+        }
+        DecodedExit::InternalError { .. } => {
+            // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+            // active union member.
+            let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+            DecodedExit::InternalError { suberror }
+        }
+        d => d,
+    };
+    let is_pf = matches!(decoded, DecodedExit::Exception { frame, .. } if frame.vector == super::exit::PF_VECTOR);
+    let t0 = is_pf.then(std::time::Instant::now);
+    let action = handle_exit(st, decoded, sh.mem, sh.mmu);
+    if let Some(t0) = t0 {
+        st.fault_ns
+            .push(t0.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+    }
+    if let (
+        Some(rip),
+        ExitAction::Resume | ExitAction::ResumeSetCr3(_) | ExitAction::ResumeRejectAddress,
+    ) = (refused_out_next_rip, &action)
+    {
+        // The `out` was emulated: the stub's iretq returns past it.
+        monitor::set_frame_rip(sh.monitor, index, rip)?;
+    }
+    match action {
+        ExitAction::Resume => {}
+        ExitAction::ResumeSetCr3(cr3) => set_cr3(vcpu, index, cr3)?,
+        ExitAction::ResumeRejectAddress if refused_out_next_rip.is_some() => {
+            monitor::set_frame_rax(sh.monitor, index, u64::from(u32::MAX))?;
+        }
+        ExitAction::ResumeRejectAddress => {
+            let mut r = vcpu.get_regs().map_err(|source| KvmError::GetRegs {
+                vcpu: index,
+                source,
+            })?;
+            r.rax = u64::from(u32::MAX);
+            vcpu.set_regs(&r).map_err(|source| KvmError::SetRegs {
+                vcpu: index,
+                source,
+            })?;
+        }
+        ExitAction::EmulateStore { gpa, frame } => {
+            let regs = vcpu.get_regs().map_err(|source| KvmError::GetRegs {
+                vcpu: index,
+                source,
+            })?;
+            let gprs = Gprs::at_fault(&regs, &frame);
+            let insn = fetch_insn(sh.mem, frame.rip);
+            match complete_emulation(st, gpa, &frame, &insn, &gprs, sh.mmu) {
+                Ok(next_rip) => monitor::set_frame_rip(sh.monitor, index, next_rip)?,
+                Err(kind) => return Ok(Some(Err(fail(st, vcpu, kind)))),
+            }
+        }
+        ExitAction::Stop(Ok(done)) => return Ok(Some(Ok(done))),
+        ExitAction::Stop(Err(kind)) => {
+            return Ok(Some(Err(fail(st, vcpu, kind))));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,456 @@
+//! The VM: /dev/kvm, the VM fd, guest RAM and the monitor as memslots, and vCPU creation with
+//! long mode set up directly through the special registers.
+
+use kvm_bindings::{
+    kvm_fpu, kvm_regs, kvm_segment, kvm_userspace_memory_region, kvm_xcrs, CpuId,
+    KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use shadowlab_guest_abi::{VcpuBoot, BOOT_INFO_GPA};
+use shadowlab_workloads::layout::{direct_map, MONITOR_BASE};
+
+use super::error::KvmError;
+use super::hostmem::{new_region, RegionExt};
+use super::layout::{MAX_RAM, MIN_RAM, MONITOR_GPA, MONITOR_SLOT, RAM_SLOT, SHADOW_POOL_SLOT};
+use super::monitor::{
+    self, CODE_SEL, DATA_SEL, GDT_LIMIT, GDT_OFF, IDT_OFF, MONITOR_SIZE, TSS_OFF, TSS_SEL0,
+    TSS_STRIDE, USER_CODE_SEL, USER_DATA_SEL,
+};
+use super::ucall::GuestPhys;
+use crate::mem::{GuestMemory, MemError, MemRegion};
+use std::sync::Arc;
+
+/// CR0 bits.
+mod cr0 {
+    pub const PE: u64 = 1 << 0;
+    pub const MP: u64 = 1 << 1;
+    pub const EM: u64 = 1 << 2;
+    pub const ET: u64 = 1 << 4;
+    pub const NE: u64 = 1 << 5;
+    /// Supervisor writes honour read-only PTEs: without it a CPL0 guest would write straight
+    /// through the shadow MMU's write protection.
+    pub const WP: u64 = 1 << 16;
+    pub const NW: u64 = 1 << 29;
+    pub const CD: u64 = 1 << 30;
+    pub const PG: u64 = 1 << 31;
+}
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const CR4_OSXSAVE: u64 = 1 << 18;
+/// XCR0: x87 and SSE state. A host that runs the guest with the guest's XCR0 in hardware (a
+/// software-virtualised host such as kvm_pvm does) raises #UD on SSE instructions when XCR0 lacks
+/// the SSE bit, so XSAVE is enabled and XCR0 set whenever the CPU has XSAVE.
+const XCR0_X87_SSE: u64 = 0x3;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+
+/// A VM with guest RAM and the monitor mapped.
+pub struct Vm {
+    // Field order is drop order: the VM fd (and with it the memslots) goes before the memory.
+    vm_fd: VmFd,
+    kvm: Kvm,
+    cpuid: CpuId,
+    ram: Ram,
+    monitor: MemRegion,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("ram", &self.ram)
+            .field("monitor", &self.monitor)
+            .finish()
+    }
+}
+
+fn mmap(size: u64) -> Result<MemRegion, KvmError> {
+    Ok(new_region(size)?)
+}
+
+/// Guest memory of a VM.
+enum Ram {
+    /// `native`: RAM at guest-physical 0, gfn == backing frame.
+    Own(MemRegion),
+    /// `kvm`: the shadow MMU's [`GuestMemory`] (RAM backing frames, then the shadow pool) at
+    /// machine-physical (= KVM guest-physical) 0.
+    Shadowed(Arc<GuestMemory>),
+}
+
+impl std::fmt::Debug for Ram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ram::Own(r) => write!(f, "Own({r:?})"),
+            Ram::Shadowed(m) => write!(
+                f,
+                "Shadowed({} RAM frames, {} pool pages)",
+                m.ram_frames(),
+                m.pool_frames()
+            ),
+        }
+    }
+}
+
+fn open_kvm(nr_vcpus: usize) -> Result<(Kvm, VmFd, CpuId), KvmError> {
+    let kvm = Kvm::new().map_err(KvmError::OpenKvm)?;
+    let api = kvm.get_api_version();
+    if api != 12 {
+        return Err(KvmError::ApiVersion(api));
+    }
+    if !kvm.check_extension(Cap::ImmediateExit) {
+        return Err(KvmError::MissingCap("KVM_CAP_IMMEDIATE_EXIT"));
+    }
+    if !kvm.check_extension(Cap::UserMemory) {
+        return Err(KvmError::MissingCap("KVM_CAP_USER_MEMORY"));
+    }
+    let max = kvm.get_max_vcpus();
+    if nr_vcpus > max {
+        return Err(KvmError::Config(format!(
+            "{nr_vcpus} vCPUs, KVM allows {max}"
+        )));
+    }
+    let vm_fd = kvm.create_vm().map_err(KvmError::CreateVm)?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(KvmError::GetSupportedCpuid)?;
+    Ok((kvm, vm_fd, cpuid))
+}
+
+fn check_ram_size(ram_size: u64) -> Result<(), KvmError> {
+    if !(MIN_RAM..=MAX_RAM).contains(&ram_size) || ram_size % (2 << 20) != 0 {
+        return Err(KvmError::Config(format!(
+            "guest RAM {ram_size:#x}: must be a multiple of 2 MiB in {MIN_RAM:#x}..={MAX_RAM:#x}"
+        )));
+    }
+    Ok(())
+}
+
+impl Vm {
+    /// Opens /dev/kvm and creates a VM with `ram_size` bytes of guest RAM for `nr_vcpus` vCPUs
+    /// (`native`: gfn == backing frame).
+    pub fn new(ram_size: u64, nr_vcpus: usize) -> Result<Self, KvmError> {
+        check_ram_size(ram_size)?;
+        let (kvm, vm_fd, cpuid) = open_kvm(nr_vcpus)?;
+        let monitor = mmap(MONITOR_SIZE)?;
+        let vm = Self {
+            vm_fd,
+            kvm,
+            cpuid,
+            ram: Ram::Own(mmap(ram_size)?),
+            monitor,
+        };
+        vm.add_memslot(RAM_SLOT, 0, vm.ram())?;
+        vm.add_memslot(MONITOR_SLOT, MONITOR_GPA, &vm.monitor)?;
+        monitor::build(&vm.monitor, nr_vcpus)?;
+        Ok(vm)
+    }
+
+    /// A VM on the shadow MMU's memory (`kvm`): RAM backing frames as memslot [`RAM_SLOT`] and
+    /// the shadow pool as memslot [`SHADOW_POOL_SLOT`], both at their machine-physical
+    /// addresses, plus the monitor.
+    pub fn with_guest_memory(mem: Arc<GuestMemory>, nr_vcpus: usize) -> Result<Self, KvmError> {
+        check_ram_size(mem.ram_bytes())?;
+        if mem.pool_base() + mem.pool_frames() * 4096 > MONITOR_GPA {
+            return Err(KvmError::Config(
+                "RAM + shadow pool reach the monitor's address".into(),
+            ));
+        }
+        let (kvm, vm_fd, cpuid) = open_kvm(nr_vcpus)?;
+        let monitor = mmap(MONITOR_SIZE)?;
+        let vm = Self {
+            vm_fd,
+            kvm,
+            cpuid,
+            ram: Ram::Shadowed(mem),
+            monitor,
+        };
+        let host = vm.ram().host_addr();
+        if let Ram::Shadowed(m) = &vm.ram {
+            vm.set_slot(RAM_SLOT, 0, m.ram_bytes(), host)?;
+            vm.set_slot(
+                SHADOW_POOL_SLOT,
+                m.pool_base(),
+                m.pool_frames() * 4096,
+                host + m.pool_base(),
+            )?;
+        }
+        vm.add_memslot(MONITOR_SLOT, MONITOR_GPA, &vm.monitor)?;
+        monitor::build(&vm.monitor, nr_vcpus)?;
+        Ok(vm)
+    }
+
+    /// Deletes and re-adds the shadow pool's memslot. On a host that shadows the guest's page
+    /// tables itself, this is what makes it drop its shadows of the pool pages, so that SPTE
+    /// changes the VMM wrote from userspace are seen (see the module docs). No vCPU may be in
+    /// KVM_RUN meanwhile (the caller parks them).
+    pub fn cycle_pool_slot(&self) -> Result<(), KvmError> {
+        let Ram::Shadowed(m) = &self.ram else {
+            return Err(KvmError::Config("no shadow pool in a native VM".into()));
+        };
+        let host = self.ram().host_addr() + m.pool_base();
+        self.set_slot(SHADOW_POOL_SLOT, m.pool_base(), 0, host)?;
+        self.set_slot(
+            SHADOW_POOL_SLOT,
+            m.pool_base(),
+            m.pool_frames() * 4096,
+            host,
+        )
+    }
+
+    fn set_slot(&self, slot: u32, gpa: u64, size: u64, host: u64) -> Result<(), KvmError> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host,
+        };
+        // SAFETY: `host..host+size` lies inside the VM's own guest-memory region (a field of
+        // `self`, dropped after the VM fd); size 0 deletes the slot.
+        unsafe { self.vm_fd.set_user_memory_region(region) }.map_err(|source| {
+            KvmError::SetUserMemoryRegion {
+                slot,
+                gpa,
+                size,
+                source,
+            }
+        })
+    }
+
+    /// Adds a memslot backed by `mem` (which must outlive the VM fd: it is a field of `self` or
+    /// owned by the caller for the VM's lifetime).
+    pub fn add_memslot(&self, slot: u32, gpa: u64, mem: &MemRegion) -> Result<(), KvmError> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: mem.size(),
+            userspace_addr: mem.host_addr(),
+        };
+        // SAFETY: the host range is a live mapping of exactly memory_size bytes that is dropped
+        // only after the VM fd (field order of `Vm`, or the caller's contract above).
+        unsafe { self.vm_fd.set_user_memory_region(region) }.map_err(|source| {
+            KvmError::SetUserMemoryRegion {
+                slot,
+                gpa,
+                size: mem.size(),
+                source,
+            }
+        })
+    }
+
+    /// The VM fd.
+    pub fn fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    /// The /dev/kvm handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// Guest RAM (`native`), or the whole machine-physical region of the shadow MMU's memory
+    /// (`kvm`).
+    pub fn ram(&self) -> &MemRegion {
+        match &self.ram {
+            Ram::Own(r) => r,
+            Ram::Shadowed(m) => m.region(),
+        }
+    }
+
+    /// The monitor.
+    pub fn monitor(&self) -> &MemRegion {
+        &self.monitor
+    }
+
+    /// Creates vCPU `index` and puts it at the guest's entry in 64-bit mode on `cr3`.
+    pub fn create_vcpu(
+        &self,
+        index: usize,
+        entry: u64,
+        boot: &VcpuBoot,
+        cr3: u64,
+    ) -> Result<VcpuFd, KvmError> {
+        let vcpu = self
+            .vm_fd
+            .create_vcpu(index as u64)
+            .map_err(|source| KvmError::CreateVcpu {
+                vcpu: index,
+                source,
+            })?;
+        let mut cpuid = self.cpuid.clone();
+        for e in cpuid.as_mut_slice() {
+            match e.function {
+                // Initial APIC id.
+                1 => e.ebx = (e.ebx & 0x00ff_ffff) | ((index as u32 & 0xff) << 24),
+                0xb | 0x1f => e.edx = index as u32,
+                _ => {}
+            }
+        }
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(|source| KvmError::SetCpuid2 {
+                vcpu: index,
+                source,
+            })?;
+
+        let mut sregs = vcpu.get_sregs().map_err(|source| KvmError::GetSregs {
+            vcpu: index,
+            source,
+        })?;
+        let code = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: CODE_SEL,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            ..Default::default()
+        };
+        let _kernel_data = kvm_segment {
+            selector: DATA_SEL,
+            type_: 0x3,
+            db: 1,
+            l: 0,
+            ..code
+        };
+        // The guest runs at CPL3 (see `monitor`): user code and data segments.
+        let code = kvm_segment {
+            selector: USER_CODE_SEL,
+            dpl: 3,
+            ..code
+        };
+        let data = kvm_segment {
+            selector: USER_DATA_SEL,
+            type_: 0x3,
+            db: 1,
+            l: 0,
+            dpl: 3,
+            ..code
+        };
+        sregs.cs = code;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.tr = kvm_segment {
+            base: MONITOR_BASE + TSS_OFF + index as u64 * TSS_STRIDE,
+            limit: 103,
+            selector: TSS_SEL0 + 16 * index as u16,
+            type_: 0xb,
+            present: 1,
+            s: 0,
+            ..Default::default()
+        };
+        sregs.gdt.base = MONITOR_BASE + GDT_OFF;
+        sregs.gdt.limit = GDT_LIMIT;
+        sregs.idt.base = MONITOR_BASE + IDT_OFF;
+        sregs.idt.limit = 16 * 256 - 1;
+        sregs.cr0 = (sregs.cr0 | cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::PG)
+            & !(cr0::EM | cr0::NW | cr0::CD);
+        let has_xsave = cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == 1 && e.ecx & (1 << 26) != 0);
+        sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | if has_xsave { CR4_OSXSAVE } else { 0 };
+        sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
+        sregs.cr3 = cr3;
+        vcpu.set_sregs(&sregs)
+            .map_err(|source| KvmError::SetSregs {
+                vcpu: index,
+                source,
+            })?;
+
+        if has_xsave {
+            let mut xcrs = kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
+            xcrs.xcrs[0].xcr = 0;
+            xcrs.xcrs[0].value = XCR0_X87_SSE;
+            vcpu.set_xcrs(&xcrs).map_err(|source| KvmError::SetXcrs {
+                vcpu: index,
+                source,
+            })?;
+        }
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        vcpu.set_fpu(&fpu).map_err(|source| KvmError::SetFpu {
+            vcpu: index,
+            source,
+        })?;
+
+        let regs = kvm_regs {
+            rip: entry,
+            rsp: boot.stack_top,
+            rdi: index as u64,
+            rsi: direct_map(BOOT_INFO_GPA),
+            // IOPL=3: the guest's port I/O (ucalls) is allowed at CPL3. IF clear.
+            rflags: 0x2 | (3 << 12),
+            ..Default::default()
+        };
+        vcpu.set_regs(&regs).map_err(|source| KvmError::SetRegs {
+            vcpu: index,
+            source,
+        })?;
+        Ok(vcpu)
+    }
+}
+
+/// Guest RAM where gfn == backing frame (`native`): the exit handler's view.
+#[derive(Clone, Copy, Debug)]
+pub struct DirectRam<'a>(pub &'a MemRegion);
+
+impl GuestPhys for DirectRam<'_> {
+    fn ram_size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.0.read_bytes(gpa, buf)
+    }
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
+        self.0.read_u64(gpa)
+    }
+    fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError> {
+        self.0.write_u64(gpa, value)
+    }
+    fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        self.0.write_bytes(gpa, data)
+    }
+    fn fill_zero(&self, gpa: u64, len: u64) -> Result<(), MemError> {
+        self.0.fill_zero(gpa, len)
+    }
+}
+
+/// Guest RAM behind the shadow MMU's frame map (`kvm`): guest-physical addresses are
+/// translated gfn -> backing frame by [`GuestMemory`].
+#[derive(Clone, Copy, Debug)]
+pub struct MappedRam<'a>(pub &'a GuestMemory);
+
+impl GuestPhys for MappedRam<'_> {
+    fn ram_size(&self) -> u64 {
+        self.0.ram_bytes()
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.0.read_gpa(gpa, buf)
+    }
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
+        self.0
+            .read_gpa_u64(gpa, std::sync::atomic::Ordering::Acquire)
+    }
+    fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError> {
+        self.0
+            .write_gpa_u64(gpa, value, std::sync::atomic::Ordering::Release)
+    }
+    fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        self.0.write_gpa(gpa, data)
+    }
+}
