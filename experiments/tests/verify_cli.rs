@@ -47,3 +47,29 @@ fn bad_subcommand_is_an_error_not_a_panic() {
     assert!(stderr.starts_with("error:"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn info_describes_the_host_and_what_it_lacks() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shadowlab"))
+        .arg("info")
+        .output()
+        .expect("shadowlab runs");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for field in [
+        "flavour:",
+        "/dev/kvm:",
+        "capabilities:",
+        "perf:",
+        "missing:",
+    ] {
+        assert!(stdout.contains(field), "no '{field}' in:\n{stdout}");
+    }
+    let json = Command::new(env!("CARGO_BIN_EXE_shadowlab"))
+        .args(["info", "--json"])
+        .output()
+        .expect("shadowlab runs");
+    assert!(json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert!(v.is_object(), "{v}");
+}

@@ -176,3 +176,57 @@ fn a_single_vcpu_run_is_deterministic_for_a_seed() {
     };
     assert_eq!(run("11"), run("11"));
 }
+
+mod common;
+
+#[test]
+fn kvm_and_native_backends_run_workloads_with_kvm_stats_beside_ours() {
+    require_kvm!("kvm_and_native_backends_run_workloads_with_kvm_stats_beside_ours");
+    for backend in ["kvm", "native"] {
+        for (w, vcpus) in [("pt-churn", "1"), ("unsync-race", "2")] {
+            let out = worker(&[
+                "--backend",
+                backend,
+                "--workload",
+                w,
+                "--vcpus",
+                vcpus,
+                "--iters",
+                "20",
+            ]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{backend} {w}: {stderr}");
+            let r = json(&out);
+            assert_eq!(r["verdict"], "pass", "{backend} {w}: {r}");
+            assert_eq!(r["backend"], backend);
+            assert_eq!(r["ops"], r["expected_ops"]);
+            let stats = &r["backend_stats"]["kvm_vm_stats"];
+            for s in ["mmu_unsync", "mmu_pte_write", "mmu_shadow_zapped"] {
+                assert!(stats[s].is_u64(), "{backend} {w}: no KVM stat {s}: {stats}");
+            }
+            // Our MMU's counters sit beside the host's on kvm; native has none of ours.
+            if backend == "kvm" {
+                assert!(r["mmu"]["faults"].as_u64().unwrap() > 0, "{r}");
+            } else {
+                assert!(r["mmu"].is_null(), "{r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_ram_size_kvm_cannot_lay_out_is_a_one_line_error() {
+    require_kvm!("a_ram_size_kvm_cannot_lay_out_is_a_one_line_error");
+    let out = worker(&[
+        "--backend",
+        "kvm",
+        "--workload",
+        "exit-floor",
+        "--ram-mib",
+        "63",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("multiple of 2"), "{stderr}");
+}

@@ -46,6 +46,9 @@ pub struct WorkerArgs {
     /// Shadow-page pool size in 4 KiB pages.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
     pub pool_pages: u64,
+    /// Watchdog for the kvm and native backends, seconds: a run not done by then fails.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout_s: u64,
     /// Allow running a build of an UNSOUND policy (the no-barrier negative control).
     #[arg(long)]
     pub allow_unsound: bool,

@@ -7,6 +7,7 @@
 
 mod args;
 mod result;
+mod run_kvm;
 mod run_sim;
 
 pub use args::{Backend, WorkerArgs};
@@ -67,9 +68,6 @@ pub fn run(args: &WorkerArgs) -> Result<WorkerResult, WorkerError> {
     let workload = workload_from_args(args)?;
     match args.backend {
         Backend::Sim => run_sim::run(args, &workload),
-        Backend::Kvm | Backend::Native => Err(WorkerError::Backend {
-            backend: args.backend,
-            message: "not available in this build yet (the KVM backend is issue 4)".into(),
-        }),
+        Backend::Kvm | Backend::Native => run_kvm::run(args, &workload),
     }
 }

@@ -5,7 +5,6 @@ use shadowlab_policies::{PolicyInfo, Soundness};
 use shadowlab_workloads::{Histogram, Report};
 
 use super::Backend;
-use crate::mmu::MmuStats;
 
 /// The policy a binary was built with, as recorded in every result.
 #[derive(Clone, Debug, Serialize)]
@@ -166,8 +165,8 @@ pub struct WorkerResult {
     pub elapsed_ns: u64,
     /// Each vCPU's report (empty if the run failed before any finished).
     pub per_vcpu: Vec<VcpuResult>,
-    /// Every shadow-MMU counter.
-    pub mmu: Option<MmuStats>,
+    /// Every shadow-MMU counter (`sim` and `kvm`; `native` has none of ours).
+    pub mmu: Option<serde_json::Value>,
     /// Backend-specific counters (sim: TLB hits, walks, ...).
     pub backend_stats: serde_json::Value,
 }

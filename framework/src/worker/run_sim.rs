@@ -54,7 +54,7 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
         }
     };
     result.elapsed_ns = run.elapsed.as_nanos() as u64;
-    result.mmu = Some(run.mmu);
+    result.mmu = serde_json::to_value(run.mmu).ok();
     result.backend_stats = serde_json::to_value(&run.cpus).unwrap_or_default();
     let mut failures = Vec::new();
     for (vcpu, r) in run.results.iter().enumerate() {
