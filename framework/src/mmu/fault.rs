@@ -302,6 +302,15 @@ impl<P: SyncPolicy> Mmu<P> {
             }
         };
         let p = self.sp(sp);
+        if self.host_coherence_log_enabled() {
+            // A recycled root still holds the monitor's entry (a zap leaves it): the zeroing
+            // below clears it, which the host must hear about like any other clear.
+            let r = SpteRef {
+                sp,
+                index: layout::MONITOR_SLOT as u16,
+            };
+            self.log_spte_change(r, self.load_spte(r), 0);
+        }
         self.mem.region().zero(p.spt, 4096)?;
         p.init(gfn, role);
         let s = &mut st.sp[sp.0 as usize];

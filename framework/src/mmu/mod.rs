@@ -72,6 +72,7 @@
 //! inspection; no lock for `is_unsync_root` and the cached-root switch.
 
 mod audit;
+mod coherence;
 mod fault;
 pub mod lock;
 mod page;
@@ -177,6 +178,7 @@ pub struct Mmu<P: SyncPolicy> {
     global: CounterBlock,
     monitor_pml4e: AtomicU64,
     kicker: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
+    host_log: OnceLock<coherence::CoherenceLog>,
     _policy: PhantomData<P>,
 }
 
@@ -214,6 +216,7 @@ impl<P: SyncPolicy> Mmu<P> {
             global: CounterBlock::default(),
             monitor_pml4e: AtomicU64::new(0),
             kicker: OnceLock::new(),
+            host_log: OnceLock::new(),
             mem,
             _policy: PhantomData,
         })
@@ -326,9 +329,13 @@ impl<P: SyncPolicy> Mmu<P> {
     }
 
     /// Stores an SPTE. `Release` so a walker that follows a new link sees the zeroed table
-    /// (`mmu_spte_set`; on x86 a plain store).
+    /// (`mmu_spte_set`; on x86 a plain store). A change the host cannot see is logged
+    /// ([`coherence`]).
     #[inline]
     fn store_spte(&self, r: SpteRef, v: u64) {
+        if self.host_log.get().is_some() {
+            self.log_spte_change(r, self.load_spte(r), v);
+        }
         let _ = self
             .mem
             .region()
@@ -336,13 +343,17 @@ impl<P: SyncPolicy> Mmu<P> {
     }
 
     /// Atomically clears an SPTE, returning the old value (A/D bits set by a concurrent walker
-    /// are not lost: KVM's `mmu_spte_clear_track_bits`).
+    /// are not lost: KVM's `mmu_spte_clear_track_bits`). A present one is logged for the host
+    /// ([`coherence`]).
     #[inline]
     fn clear_spte(&self, r: SpteRef) -> u64 {
-        self.mem
+        let old = self
+            .mem
             .region()
             .swap_u64(self.spte_mpa(r), 0, Ordering::AcqRel)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        self.log_spte_change(r, old, 0);
+        old
     }
 
     /// The shadow page a non-leaf SPTE points at.
