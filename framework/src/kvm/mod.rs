@@ -59,13 +59,14 @@ pub mod vm;
 
 pub use boot::GuestParams;
 pub use error::KvmError;
-pub use hooks::{FaultOutcome, HookError, MmuHooks, NativeMmu};
+pub use hooks::{FaultOutcome, GuestContext, HookError, MmuHooks, NativeMmu};
 pub use kick::{make_all_cpus_request, new_kicks, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
 pub use report::{FailureKind, GuestFailure, RunResult, VcpuReport};
 pub use run::{
-    run_native, run_native_reports, run_native_with, FaultInjection, HypercallPath, RunConfig,
+    run_native, run_native_reports, run_native_with, FaultInjection, HostCoherence, HypercallPath,
+    RunConfig,
 };
-pub use shadow::{run_kvm, run_kvm_reports};
+pub use shadow::{run_kvm, run_kvm_reports, HostCoherenceStats};
 pub use shadowlab_guest_abi::program;
 
 /// Why `/dev/kvm` cannot be used here, or `None` if it can (opened and API version 12).

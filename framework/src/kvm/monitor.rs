@@ -44,8 +44,24 @@ pub const PD_OFF: u64 = 0x6000;
 pub const PT_OFF: u64 = 0x7000;
 /// Offset of the first IST stack (one page per vCPU).
 pub const IST_OFF: u64 = 0x8000;
+/// Offset of the page directories that map the shadow pool at [`POOL_VA`] (`kvm` backend):
+/// PDPT entries 1..=[`POOL_PDS`] point here, one PD (1 GiB of 2 MiB pages) each.
+pub const POOL_PD_OFF: u64 = IST_OFF + MAX_VCPUS as u64 * 0x1000;
+/// Page directories for the pool: 4 GiB, everything below [`MONITOR_GPA`].
+pub const POOL_PDS: u64 = 4;
+/// Offset of the first replay data page (one page per vCPU): the SPTE addresses the replay
+/// routine re-stores, as monitor VAs ([`REPLAY_CAPACITY`] at most).
+pub const REPLAY_OFF: u64 = POOL_PD_OFF + POOL_PDS * 0x1000;
 /// Size of the monitor region.
-pub const MONITOR_SIZE: u64 = IST_OFF + MAX_VCPUS as u64 * 0x1000;
+pub const MONITOR_SIZE: u64 = REPLAY_OFF + MAX_VCPUS as u64 * 0x1000;
+/// Where the shadow pool is mapped in the monitor's range (PML4 slot 511, supervisor-only,
+/// 2 MiB pages): 1 GiB above [`MONITOR_BASE`]. The replay routine stores to SPTEs here.
+pub const POOL_VA: u64 = MONITOR_BASE + (1 << 30);
+/// SPTE addresses one run of the replay routine takes (one data page of 8-byte entries).
+pub const REPLAY_CAPACITY: usize = 512;
+/// The port the replay routine's completion `out` uses (monitor ABI, not the guest's: the
+/// guest never runs the routine).
+pub const REPLAY_DONE_PORT: u16 = 0xe3;
 // One PT maps the whole monitor.
 const _: () = assert!(MONITOR_SIZE <= 512 * 4096);
 
@@ -68,6 +84,9 @@ pub const GDT_LIMIT: u16 = (5 * 8 + MAX_VCPUS * 16 - 1) as u16;
 pub const NATIVE_GATE_VECTOR: u8 = 3;
 /// Offset of the native-op gate's code within the stubs page.
 const NATIVE_OFF: u64 = 0x400;
+
+/// Offset of the replay routine within the stubs page.
+const REPLAY_CODE_OFF: u64 = 0x600;
 
 /// Vectors for which the CPU pushes an error code.
 const ERROR_CODE_VECTORS: [u8; 10] = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30];
@@ -118,7 +137,121 @@ pub fn stub_code() -> Vec<u8> {
     code[COMMON_OFF as usize..COMMON_OFF as usize + common.len()].copy_from_slice(&common);
     let gate = native_gate();
     code[NATIVE_OFF as usize..NATIVE_OFF as usize + gate.len()].copy_from_slice(&gate);
+    let replay = replay_routine();
+    code[REPLAY_CODE_OFF as usize..REPLAY_CODE_OFF as usize + replay.len()]
+        .copy_from_slice(&replay);
     code
+}
+
+/// The entry point of the replay routine (a monitor VA, CPL0).
+pub const fn replay_entry() -> u64 {
+    MONITOR_BASE + STUBS_OFF + REPLAY_CODE_OFF
+}
+
+/// The monitor VA of vCPU `vcpu`'s replay data page.
+pub const fn replay_data_va(vcpu: usize) -> u64 {
+    MONITOR_BASE + REPLAY_OFF + vcpu as u64 * 0x1000
+}
+
+/// The replay routine: makes a host that shadows our shadow pages see SPTE changes the VMM
+/// made from userspace (see `mmu::coherence` and `kvm::shadow`). The VMM enters it at CPL0
+/// with RSI = this vCPU's replay data page ([`replay_data_va`]), RCX = the number of SPTE
+/// addresses in it (monitor VAs in [`POOL_VA`]), DX = [`REPLAY_DONE_PORT`], and restores the
+/// interrupted context itself after the completion exit, so the routine saves nothing and
+/// uses no stack (every instruction at CPL0 is emulated on this machine's host, and every
+/// emulated store counts in the host's `mmu_pte_write`).
+///
+/// For each address: `lock or qword [a], 0`, a store of the SPTE's current value made by the
+/// guest, which the host traps (or emulates) and hands to `kvm_mmu_pte_write`, zapping its
+/// own shadow entry. Locked, unlike a load + store pair, so that an SPTE the VMM rewrites
+/// meanwhile on another thread is never put back to its old value. Then `mov cr3` with the
+/// current CR3: the host syncs any pool page it chose to unsync rather than write-protect
+/// (its `KVM_REQ_MMU_SYNC` on a CR3 load). Then `out` to signal completion.
+fn replay_routine() -> [u8; 29] {
+    let mut g = [0u8; 29];
+    let parts: [&[u8]; 10] = [
+        &[0x48, 0x85, 0xc9],             // 0:  test rcx, rcx
+        &[0x74, 0x0f],                   // 3:  jz 20
+        &[0x48, 0x8b, 0x7c, 0xce, 0xf8], // 5:  mov rdi, [rsi + rcx*8 - 8]
+        &[0xf0, 0x48, 0x83, 0x0f, 0x00], // 10: lock or qword [rdi], 0
+        &[0x48, 0xff, 0xc9],             // 15: dec rcx
+        &[0x75, 0xf1],                   // 18: jnz 5
+        &[0x0f, 0x20, 0xd8],             // 20: mov rax, cr3
+        &[0x0f, 0x22, 0xd8],             // 23: mov cr3, rax
+        &[0xef],                         // 26: out dx, eax (DX: REPLAY_DONE_PORT) -> exit
+        &[0x0f, 0x0b],                   // 27: ud2 (never resumed: the VMM restores the context)
+    ];
+    let mut at = 0;
+    for p in parts {
+        g[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    debug_assert_eq!(at, g.len());
+    g
+}
+
+/// The monitor VA at which the replay routine reaches the SPTE at machine-physical `mpa` of a
+/// pool starting at `pool_base` (mapped by [`map_pool`]).
+pub const fn pool_va(pool_base: u64, mpa: u64) -> u64 {
+    POOL_VA + (mpa - (pool_base & !(HUGE - 1)))
+}
+
+const HUGE: u64 = 2 << 20;
+
+/// Maps the shadow pool (`pool_bytes` at guest-physical `pool_base`) at [`POOL_VA`] with
+/// 2 MiB pages in the monitor's own tables: supervisor-only, writable, not executable. These
+/// are VMM-owned tables the host walks, written once before any vCPU runs.
+pub fn map_pool(mon: &MemRegion, pool_base: u64, pool_bytes: u64) -> Result<(), MonitorError> {
+    let start = pool_base & !(HUGE - 1);
+    let end = pool_base
+        .checked_add(pool_bytes)
+        .and_then(|e| e.checked_add(HUGE - 1))
+        .ok_or(MonitorError::PoolTooLarge { pool_bytes })?
+        & !(HUGE - 1);
+    let chunks = (end - start) / HUGE;
+    if chunks > POOL_PDS * 512 {
+        return Err(MonitorError::PoolTooLarge { pool_bytes });
+    }
+    for pd in 0..chunks.div_ceil(512) {
+        mon.write_u64(
+            PDPT_OFF + (1 + pd) * 8,
+            (MONITOR_GPA + POOL_PD_OFF + pd * 0x1000) | pte::P | pte::W,
+        )?;
+    }
+    for i in 0..chunks {
+        mon.write_u64(
+            POOL_PD_OFF + i * 8,
+            (start + i * HUGE) | pte::P | pte::W | pte::PS | pte::A | pte::D | pte::NX,
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes `vas` (at most [`REPLAY_CAPACITY`] monitor VAs) into vCPU `vcpu`'s replay data page.
+pub fn write_replay(mon: &MemRegion, vcpu: usize, vas: &[u64]) -> Result<(), MonitorError> {
+    if vas.len() > REPLAY_CAPACITY {
+        return Err(MonitorError::ReplayTooLong(vas.len()));
+    }
+    let bytes: Vec<u8> = vas.iter().flat_map(|v| v.to_le_bytes()).collect();
+    mon.write_bytes(REPLAY_OFF + vcpu as u64 * 0x1000, &bytes)?;
+    Ok(())
+}
+
+/// A monitor set-up step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The pool does not fit the monitor's pool mapping.
+    #[error("shadow pool of {pool_bytes} bytes does not fit the monitor's mapping (4 GiB)")]
+    PoolTooLarge {
+        /// Pool size.
+        pool_bytes: u64,
+    },
+    /// More SPTE addresses than one replay data page holds.
+    #[error("{0} SPTE addresses for one replay (at most {REPLAY_CAPACITY})")]
+    ReplayTooLong(usize),
+    /// Writing the monitor failed.
+    #[error("monitor memory: {0}")]
+    Mem(#[from] MemError),
 }
 
 /// The native-op gate: dispatch on EAX (see [`NATIVE_GATE_VECTOR`]). The gate clobbers RAX
@@ -419,6 +552,99 @@ mod tests {
             3
         );
         assert!(all.iter().all(|i| i.mnemonic() != Mnemonic::INVALID));
+    }
+
+    #[test]
+    fn replay_routine_restores_each_spte_then_reloads_cr3_and_exits() {
+        use iced_x86::{Code, Register};
+        let code = stub_code();
+        let base = replay_entry();
+        let r = &code[REPLAY_CODE_OFF as usize..REPLAY_CODE_OFF as usize + replay_routine().len()];
+        let mut d = Decoder::with_ip(64, r, base, DecoderOptions::NONE);
+        let all: Vec<_> = std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
+        let codes: Vec<Code> = all.iter().map(|i| i.code()).collect();
+        assert_eq!(
+            codes,
+            [
+                Code::Test_rm64_r64,
+                Code::Je_rel8_64,
+                Code::Mov_r64_rm64,
+                Code::Or_rm64_imm8,
+                Code::Dec_rm64,
+                Code::Jne_rel8_64,
+                Code::Mov_r64_cr,
+                Code::Mov_cr_r64,
+                Code::Out_DX_EAX,
+                Code::Ud2,
+            ]
+        );
+        // The empty case and the loop's exit both land on the CR3 reload; the loop goes back
+        // to the load of the next address.
+        assert_eq!(all[1].near_branch_target(), all[6].ip());
+        assert_eq!(all[5].near_branch_target(), all[2].ip());
+        // The address load: [rsi + rcx*8 - 8], so RCX = n..1 covers entries n-1..0.
+        let ld = &all[2];
+        assert_eq!(
+            (
+                ld.op0_register(),
+                ld.memory_base(),
+                ld.memory_index(),
+                ld.memory_index_scale(),
+                ld.memory_displacement64() as i64
+            ),
+            (Register::RDI, Register::RSI, Register::RCX, 8, -8)
+        );
+        // The store: a locked OR of 0 into the SPTE, 8 bytes.
+        let or = &all[3];
+        assert!(or.has_lock_prefix());
+        assert_eq!((or.memory_base(), or.immediate8()), (Register::RDI, 0));
+        assert_eq!(all[7].op0_register(), Register::CR3);
+        assert!(all.iter().all(|i| !matches!(
+            i.mnemonic(),
+            Mnemonic::Push | Mnemonic::Pop | Mnemonic::Call
+        )));
+    }
+
+    #[test]
+    fn the_pool_is_mapped_supervisor_only_with_2m_pages_and_addresses_agree() {
+        let mon = new_region(MONITOR_SIZE).unwrap();
+        build(&mon, 2).unwrap();
+        let base = 64 << 20;
+        map_pool(&mon, base, 4096 * 4096 + 4096).unwrap();
+        // 16 MiB + 4 KiB: nine 2 MiB pages in the first PD.
+        assert_eq!(
+            mon.read_u64(PDPT_OFF + 8).unwrap(),
+            (MONITOR_GPA + POOL_PD_OFF) | pte::P | pte::W
+        );
+        assert_eq!(mon.read_u64(PDPT_OFF + 16).unwrap(), 0);
+        for i in 0..9 {
+            let e = mon.read_u64(POOL_PD_OFF + i * 8).unwrap();
+            assert_eq!(e & pte::ADDR_MASK, base + i * HUGE);
+            assert_eq!(
+                e & (pte::P | pte::PS | pte::U | pte::NX),
+                pte::P | pte::PS | pte::NX
+            );
+        }
+        assert_eq!(mon.read_u64(POOL_PD_OFF + 9 * 8).unwrap(), 0);
+        // The VA of an SPTE walks (PML4 511, PDPT 1, PD i, 2 MiB offset) back to its mpa.
+        let mpa = base + 5 * HUGE + 0x1238;
+        let va = pool_va(base, mpa);
+        assert_eq!((va >> 39) & 511, 511);
+        assert_eq!((va >> 30) & 511, 1);
+        let pde = mon.read_u64(POOL_PD_OFF + ((va >> 21) & 511) * 8).unwrap();
+        assert_eq!((pde & pte::ADDR_MASK) + (va & (HUGE - 1)), mpa);
+        // A pool beyond 4 GiB, or an overflowing one, is refused.
+        assert!(matches!(
+            map_pool(&mon, 0, 5 << 30),
+            Err(MonitorError::PoolTooLarge { .. })
+        ));
+        assert!(map_pool(&mon, u64::MAX - 4096, 8192).is_err());
+        assert!(matches!(
+            write_replay(&mon, 0, &[0; REPLAY_CAPACITY + 1]),
+            Err(MonitorError::ReplayTooLong(_))
+        ));
+        write_replay(&mon, 1, &[va, va + 8]).unwrap();
+        assert_eq!(mon.read_u64(REPLAY_OFF + 0x1000 + 8).unwrap(), va + 8);
     }
 
     #[test]

@@ -352,6 +352,8 @@ pub struct RunResult {
     pub mmu_stats: Option<serde_json::Value>,
     /// Host coherence flushes (pool memslot cycles) the `kvm` backend needed.
     pub host_flushes: Option<u64>,
+    /// How the `kvm` backend kept the host coherent, with its counts.
+    pub host_coherence: Option<super::shadow::HostCoherenceStats>,
 }
 
 impl RunResult {

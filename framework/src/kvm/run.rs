@@ -51,9 +51,22 @@ pub enum FaultInjection {
     /// (the guest itself cannot break the monitor's IDT: it runs at CPL3).
     NoIdt,
     /// `kvm` backend: handle the MMU's TLB-flush requests without making the host drop its
-    /// shadows of the pool, i.e. without the remote/local flush. Stale translations follow,
+    /// shadows of the pool, i.e. without the remote/local flush (no replay, no memslot cycle). Stale translations follow,
     /// and the workloads' self-checks must catch them.
     SkipHostFlush,
+}
+
+/// How the `kvm` backend makes a host that shadows the pool see SPTE changes (`kvm::shadow`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostCoherence {
+    /// The vCPU re-stores the logged SPTEs in guest context through the monitor's replay
+    /// routine, then reloads CR3 (the default).
+    #[default]
+    Replay,
+    /// Delete and re-add the pool's memslot with every vCPU parked (the first design: correct,
+    /// about 100 us a flush plus every host shadow page lost; kept for comparison).
+    CycleSlot,
 }
 
 /// How to run.
@@ -71,6 +84,8 @@ pub struct RunConfig {
     pub inject: Option<FaultInjection>,
     /// Pages in the shadow pool (`kvm` backend).
     pub pool_pages: u64,
+    /// How the `kvm` backend keeps the host coherent with its SPTE changes.
+    pub host_coherence: HostCoherence,
 }
 
 impl Default for RunConfig {
@@ -82,6 +97,7 @@ impl Default for RunConfig {
             hypercall: HypercallPath::Auto,
             inject: None,
             pool_pages: 4096,
+            host_coherence: HostCoherence::Replay,
         }
     }
 }
@@ -303,5 +319,6 @@ where
         kvm_vcpu_stats,
         mmu_stats: None,
         host_flushes: None,
+        host_coherence: None,
     })
 }

@@ -10,7 +10,7 @@ use shadowlab_workloads::layout::DIRECT_MAP_BASE;
 use super::emulate::Gprs;
 use super::error::KvmError;
 use super::exit::{complete_emulation, handle_exit, DecodedExit, ExitAction, ExitState};
-use super::hooks::MmuHooks;
+use super::hooks::{GuestContext, HookError, MmuHooks};
 use super::kick::{make_all_cpus_request, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
 use super::monitor;
 use super::report::{FailureKind, FaultTiming, GuestFailure, GuestRegs, VcpuReport};
@@ -113,6 +113,172 @@ pub fn refused_out<M: GuestPhys + ?Sized>(
         _ => return None,
     };
     matches!(port, UCALL_PORT | NOP_PORT).then_some((port, frame.rip + len))
+}
+
+/// The vCPU as [`GuestContext`]: runs monitor code on it between two guest entries.
+struct MonitorContext<'a> {
+    vcpu: &'a mut VcpuFd,
+    index: usize,
+    monitor: &'a MemRegion,
+    kick: &'a VcpuKick,
+}
+
+impl GuestContext for MonitorContext<'_> {
+    fn replay_sptes(&mut self, vas: &[u64], cr3: Option<u64>) -> Result<(), HookError> {
+        let mut cr3 = cr3;
+        let mut chunks = vas.chunks(monitor::REPLAY_CAPACITY).peekable();
+        if chunks.peek().is_none() {
+            return run_replay(self, &[], cr3).map_err(|e| HookError(e.to_string()));
+        }
+        for chunk in chunks {
+            run_replay(self, chunk, cr3.take()).map_err(|e| HookError(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// One run of the monitor's replay routine over `vas` (at most `REPLAY_CAPACITY`).
+///
+/// The interrupted context (CPL3 guest code, or a CPL0 monitor stub between its `out` and its
+/// `iretq`) is saved with KVM_GET_REGS/SREGS/VCPU_EVENTS and restored afterwards, rather than
+/// having the routine build and `iretq` through a frame: the routine then needs no stack and
+/// saves no registers (every CPL0 instruction is emulated by this machine's host), and it
+/// works the same from either context. The routine runs at CPL0 (kernel CS/SS) with
+/// interrupts off. Two things of the interrupted context need care:
+/// - the exit the vCPU is in may be incomplete: KVM finishes an `out` (skipping it) or an MMIO
+///   store at the *next* KVM_RUN, so registers may only be changed after a KVM_RUN with
+///   `immediate_exit` (KVM's API documentation); otherwise the stub's `out` would run twice;
+/// - an exception the host queued for the guest (a kick can stop the vCPU between the host
+///   queueing a #PF and delivering it) would be delivered on the routine instead: it is set
+///   aside while the routine runs and put back.
+fn run_replay(ctx: &mut MonitorContext<'_>, vas: &[u64], cr3: Option<u64>) -> Result<(), KvmError> {
+    let index = ctx.index;
+    monitor::write_replay(ctx.monitor, index, vas)?;
+    ctx.kick.set_immediate_exit();
+    let completed = ctx.vcpu.run();
+    ctx.kick.clear_immediate_exit();
+    match completed {
+        Err(e) if e.errno() == libc::EINTR => {}
+        Ok(other) => {
+            return Err(KvmError::Replay {
+                vcpu: index,
+                what: format!("{other:?} while completing the previous exit"),
+            })
+        }
+        Err(source) => {
+            return Err(KvmError::Run {
+                vcpu: index,
+                source,
+            })
+        }
+    }
+    let events = ctx
+        .vcpu
+        .get_vcpu_events()
+        .map_err(|source| KvmError::VcpuEvents {
+            vcpu: index,
+            source,
+        })?;
+    let pending = events.exception.injected != 0
+        || events.exception.pending != 0
+        || events.interrupt.injected != 0
+        || events.nmi.injected != 0;
+    if pending {
+        let mut quiet = events;
+        quiet.exception.injected = 0;
+        quiet.exception.pending = 0;
+        quiet.interrupt.injected = 0;
+        quiet.nmi.injected = 0;
+        ctx.vcpu
+            .set_vcpu_events(&quiet)
+            .map_err(|source| KvmError::VcpuEvents {
+                vcpu: index,
+                source,
+            })?;
+    }
+    let regs = ctx.vcpu.get_regs().map_err(|source| KvmError::GetRegs {
+        vcpu: index,
+        source,
+    })?;
+    let mut sregs = ctx.vcpu.get_sregs().map_err(|source| KvmError::GetSregs {
+        vcpu: index,
+        source,
+    })?;
+    if let Some(cr3) = cr3 {
+        sregs.cr3 = cr3;
+    }
+    let mut r = regs;
+    r.rip = monitor::replay_entry();
+    r.rsi = monitor::replay_data_va(index);
+    r.rcx = vas.len() as u64;
+    r.rdx = u64::from(monitor::REPLAY_DONE_PORT);
+    r.rflags = 0x2;
+    let mut s = sregs;
+    // The monitor's flat 64-bit kernel code and data segments (as `monitor`'s GDT has them).
+    s.cs = kvm_bindings::kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: monitor::CODE_SEL,
+        type_: 0xb,
+        present: 1,
+        dpl: 0,
+        db: 0,
+        s: 1,
+        l: 1,
+        g: 1,
+        ..Default::default()
+    };
+    s.ss = kvm_bindings::kvm_segment {
+        selector: monitor::DATA_SEL,
+        type_: 0x3,
+        db: 1,
+        l: 0,
+        ..s.cs
+    };
+    let set = |vcpu: &VcpuFd,
+               s: &kvm_bindings::kvm_sregs,
+               r: &kvm_bindings::kvm_regs|
+     -> Result<(), KvmError> {
+        vcpu.set_sregs(s).map_err(|source| KvmError::SetSregs {
+            vcpu: index,
+            source,
+        })?;
+        vcpu.set_regs(r).map_err(|source| KvmError::SetRegs {
+            vcpu: index,
+            source,
+        })
+    };
+    set(ctx.vcpu, &s, &r)?;
+    let done = loop {
+        match ctx.vcpu.run() {
+            Ok(VcpuExit::IoOut(monitor::REPLAY_DONE_PORT, _)) => break Ok(()),
+            Ok(other) => {
+                break Err(KvmError::Replay {
+                    vcpu: index,
+                    what: format!("{other:?}"),
+                })
+            }
+            // A kick: its request is handled before the next guest entry.
+            Err(e) if e.errno() == libc::EINTR => ctx.kick.clear_immediate_exit(),
+            Err(source) => {
+                break Err(KvmError::Run {
+                    vcpu: index,
+                    source,
+                })
+            }
+        }
+    };
+    done?;
+    set(ctx.vcpu, &sregs, &regs)?;
+    if pending {
+        ctx.vcpu
+            .set_vcpu_events(&events)
+            .map_err(|source| KvmError::VcpuEvents {
+                vcpu: index,
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 fn regs_of(vcpu: &VcpuFd) -> Option<GuestRegs> {
@@ -218,7 +384,13 @@ where
             Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.0))))),
         }
     }
-    match sh.mmu.before_entry(index) {
+    let mut ctx = MonitorContext {
+        vcpu,
+        index,
+        monitor: sh.monitor,
+        kick,
+    };
+    match sh.mmu.before_entry(index, &mut ctx) {
         Ok(Some(cr3)) => set_cr3(vcpu, index, cr3)?,
         Ok(None) => {}
         Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.0))))),
