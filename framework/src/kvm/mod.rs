@@ -64,7 +64,7 @@ pub use kick::{make_all_cpus_request, new_kicks, VcpuKick, REQ_STOP, REQ_TLB_FLU
 pub use report::{FailureKind, GuestFailure, RunResult, VcpuReport};
 pub use run::{
     run_native, run_native_reports, run_native_with, FaultInjection, HostCoherence, HypercallPath,
-    RunConfig,
+    RunConfig, DEFAULT_REPLAY_PAGE_ZAP_MIN,
 };
 pub use shadow::{run_kvm, run_kvm_reports, HostCoherenceStats};
 pub use shadowlab_guest_abi::program;

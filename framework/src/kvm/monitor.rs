@@ -155,31 +155,34 @@ pub const fn replay_data_va(vcpu: usize) -> u64 {
 
 /// The replay routine: makes a host that shadows our shadow pages see SPTE changes the VMM
 /// made from userspace (see `mmu::coherence` and `kvm::shadow`). The VMM enters it at CPL0
-/// with RSI = this vCPU's replay data page ([`replay_data_va`]), RCX = the number of SPTE
-/// addresses in it (monitor VAs in [`POOL_VA`]), DX = [`REPLAY_DONE_PORT`], and restores the
-/// interrupted context itself after the completion exit, so the routine saves nothing and
-/// uses no stack (every instruction at CPL0 is emulated on this machine's host, and every
-/// emulated store counts in the host's `mmu_pte_write`).
+/// with RSI = this vCPU's replay data page ([`replay_data_va`]), RCX = the number of entries
+/// in it, DX = [`REPLAY_DONE_PORT`], and restores the interrupted context itself after the
+/// completion exit, so the routine saves nothing and uses no stack (every instruction at CPL0
+/// is emulated on this machine's host, and every emulated store counts in the host's
+/// `mmu_pte_write`).
 ///
-/// For each address: `lock or qword [a], 0`, a store of the SPTE's current value made by the
-/// guest, which the host traps (or emulates) and hands to `kvm_mmu_pte_write`, zapping its
-/// own shadow entry. Locked, unlike a load + store pair, so that an SPTE the VMM rewrites
-/// meanwhile on another thread is never put back to its old value. Then `mov cr3` with the
-/// current CR3: the host syncs any pool page it chose to unsync rather than write-protect
-/// (its `KVM_REQ_MMU_SYNC` on a CR3 load). Then `out` to signal completion.
-fn replay_routine() -> [u8; 29] {
-    let mut g = [0u8; 29];
+/// For each entry, a monitor VA in [`POOL_VA`]: `lock or byte [a], 0`, a store by the guest of
+/// the byte already there, which the host traps or emulates and hands to
+/// `kvm_mmu_track_write`: at an SPTE's first byte ([`ReplayEntry::Spte`]) the host zaps its
+/// shadow of that one entry (a one-byte write at an entry's start is the one narrow write KVM
+/// does not call misaligned); at its second byte ([`ReplayEntry::Page`]) the write is
+/// "misaligned" and the host zaps every shadow page it has of that pool page. Locked, so an
+/// SPTE the VMM rewrites meanwhile on another thread is never put back to an old value. Then
+/// `mov cr3` with the current CR3: the host syncs any pool page it chose to unsync rather
+/// than write-protect (its `KVM_REQ_MMU_SYNC` on a CR3 load). Then `out` to signal completion.
+fn replay_routine() -> [u8; 28] {
+    let mut g = [0u8; 28];
     let parts: [&[u8]; 10] = [
         &[0x48, 0x85, 0xc9],             // 0:  test rcx, rcx
-        &[0x74, 0x0f],                   // 3:  jz 20
+        &[0x74, 0x0e],                   // 3:  jz 19
         &[0x48, 0x8b, 0x7c, 0xce, 0xf8], // 5:  mov rdi, [rsi + rcx*8 - 8]
-        &[0xf0, 0x48, 0x83, 0x0f, 0x00], // 10: lock or qword [rdi], 0
-        &[0x48, 0xff, 0xc9],             // 15: dec rcx
-        &[0x75, 0xf1],                   // 18: jnz 5
-        &[0x0f, 0x20, 0xd8],             // 20: mov rax, cr3
-        &[0x0f, 0x22, 0xd8],             // 23: mov cr3, rax
-        &[0xef],                         // 26: out dx, eax (DX: REPLAY_DONE_PORT) -> exit
-        &[0x0f, 0x0b],                   // 27: ud2 (never resumed: the VMM restores the context)
+        &[0xf0, 0x80, 0x0f, 0x00],       // 10: lock or byte [rdi], 0
+        &[0x48, 0xff, 0xc9],             // 14: dec rcx
+        &[0x75, 0xf2],                   // 17: jnz 5
+        &[0x0f, 0x20, 0xd8],             // 19: mov rax, cr3
+        &[0x0f, 0x22, 0xd8],             // 22: mov cr3, rax
+        &[0xef],                         // 25: out dx, eax (DX: REPLAY_DONE_PORT) -> exit
+        &[0x0f, 0x0b],                   // 26: ud2 (never resumed: the VMM restores the context)
     ];
     let mut at = 0;
     for p in parts {
@@ -188,6 +191,25 @@ fn replay_routine() -> [u8; 29] {
     }
     debug_assert_eq!(at, g.len());
     g
+}
+
+/// What one replayed store makes the host drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayEntry {
+    /// Its shadow of the SPTE at this machine-physical address.
+    Spte(u64),
+    /// Every shadow page it has of the pool page containing this machine-physical address.
+    Page(u64),
+}
+
+impl ReplayEntry {
+    /// The byte the routine stores to, as a monitor VA, for a pool at `pool_base`.
+    pub const fn va(self, pool_base: u64) -> u64 {
+        match self {
+            ReplayEntry::Spte(mpa) => pool_va(pool_base, mpa & !7),
+            ReplayEntry::Page(mpa) => pool_va(pool_base, mpa & !0xfff) + 1,
+        }
+    }
 }
 
 /// The monitor VA at which the replay routine reaches the SPTE at machine-physical `mpa` of a
@@ -569,7 +591,7 @@ mod tests {
                 Code::Test_rm64_r64,
                 Code::Je_rel8_64,
                 Code::Mov_r64_rm64,
-                Code::Or_rm64_imm8,
+                Code::Or_rm8_imm8,
                 Code::Dec_rm64,
                 Code::Jne_rel8_64,
                 Code::Mov_r64_cr,
@@ -594,10 +616,13 @@ mod tests {
             ),
             (Register::RDI, Register::RSI, Register::RCX, 8, -8)
         );
-        // The store: a locked OR of 0 into the SPTE, 8 bytes.
+        // The store: a locked OR of 0 into one byte.
         let or = &all[3];
         assert!(or.has_lock_prefix());
-        assert_eq!((or.memory_base(), or.immediate8()), (Register::RDI, 0));
+        assert_eq!(
+            (or.memory_base(), or.memory_size(), or.immediate8()),
+            (Register::RDI, iced_x86::MemorySize::UInt8, 0)
+        );
         assert_eq!(all[7].op0_register(), Register::CR3);
         assert!(all.iter().all(|i| !matches!(
             i.mnemonic(),
@@ -643,6 +668,9 @@ mod tests {
             write_replay(&mon, 0, &[0; REPLAY_CAPACITY + 1]),
             Err(MonitorError::ReplayTooLong(_))
         ));
+        // An SPTE entry stores to the SPTE's first byte, a page entry to the page's second.
+        assert_eq!(ReplayEntry::Spte(mpa).va(base), va & !7);
+        assert_eq!(ReplayEntry::Page(mpa).va(base), (va & !0xfff) + 1);
         write_replay(&mon, 1, &[va, va + 8]).unwrap();
         assert_eq!(mon.read_u64(REPLAY_OFF + 0x1000 + 8).unwrap(), va + 8);
     }

@@ -69,6 +69,9 @@ pub enum HostCoherence {
     CycleSlot,
 }
 
+/// Default of [`RunConfig::replay_page_zap_min`] (measured: see `kvm::shadow`).
+pub const DEFAULT_REPLAY_PAGE_ZAP_MIN: usize = 4;
+
 /// How to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunConfig {
@@ -86,6 +89,10 @@ pub struct RunConfig {
     pub pool_pages: u64,
     /// How the `kvm` backend keeps the host coherent with its SPTE changes.
     pub host_coherence: HostCoherence,
+    /// [`HostCoherence::Replay`]: a pool page with at least this many changed SPTEs in one
+    /// replay is dropped by the host as a whole (one store) rather than entry by entry
+    /// (`usize::MAX`: never; 1: always).
+    pub replay_page_zap_min: usize,
 }
 
 impl Default for RunConfig {
@@ -98,6 +105,7 @@ impl Default for RunConfig {
             inject: None,
             pool_pages: 4096,
             host_coherence: HostCoherence::Replay,
+            replay_page_zap_min: DEFAULT_REPLAY_PAGE_ZAP_MIN,
         }
     }
 }

@@ -92,8 +92,13 @@ pub struct HostCoherenceStats {
     pub replay_runs: u64,
     /// Of those, runs that only reloaded CR3 (the log was empty: another vCPU had replayed it).
     pub cr3_only_runs: u64,
-    /// SPTEs re-stored by the replay routine.
+    /// Changed SPTEs the replay routine made the host see.
     pub sptes_replayed: u64,
+    /// Pool pages the host was made to drop whole (at least `replay_page_zap_min` changed
+    /// SPTEs in one replay), one store each.
+    pub pages_replayed: u64,
+    /// Stores the replay routine made.
+    pub replay_stores: u64,
     /// Wall-clock time spent in host flushes (replays with their context switches, or slot
     /// cycles with the parking), summed over vCPUs, in ns.
     pub flush_ns: u64,
@@ -114,6 +119,9 @@ pub struct ShadowHooks<'a, P: SyncPolicy> {
     replay_runs: AtomicU64,
     cr3_only_runs: AtomicU64,
     sptes_replayed: AtomicU64,
+    pages_replayed: AtomicU64,
+    replay_stores: AtomicU64,
+    page_zap_min: usize,
     flush_ns: AtomicU64,
     skip_host_flush: bool,
 }
@@ -130,6 +138,7 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
         kicks: &'a [VcpuKick],
         inject: Option<FaultInjection>,
         mode: HostCoherence,
+        page_zap_min: usize,
     ) -> Result<Self, KvmError> {
         let vcpus = (0..kicks.len())
             .map(|i| mmu.vcpu(i).map(Mutex::new))
@@ -149,6 +158,9 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
             replay_runs: AtomicU64::new(0),
             cr3_only_runs: AtomicU64::new(0),
             sptes_replayed: AtomicU64::new(0),
+            pages_replayed: AtomicU64::new(0),
+            replay_stores: AtomicU64::new(0),
+            page_zap_min: page_zap_min.max(1),
             flush_ns: AtomicU64::new(0),
             skip_host_flush: inject == Some(FaultInjection::SkipHostFlush),
         })
@@ -182,6 +194,8 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
             replay_runs: r(&self.replay_runs),
             cr3_only_runs: r(&self.cr3_only_runs),
             sptes_replayed: r(&self.sptes_replayed),
+            pages_replayed: r(&self.pages_replayed),
+            replay_stores: r(&self.replay_stores),
             flush_ns: r(&self.flush_ns),
         }
     }
@@ -195,14 +209,30 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
         let _one = self.replay_lock.lock().unwrap_or_else(|e| e.into_inner());
         let log = self.mmu.take_host_coherence_log();
         let base = self.mmu.mem().pool_base();
-        let vas: Vec<u64> = log.iter().map(|&mpa| monitor::pool_va(base, mpa)).collect();
+        let mut vas = Vec::with_capacity(log.len());
+        let mut pages = 0;
+        // The log is sorted: SPTEs of one pool page are adjacent.
+        for page in log.chunk_by(|a, b| a >> 12 == b >> 12) {
+            if page.len() >= self.page_zap_min {
+                vas.push(monitor::ReplayEntry::Page(page[0]).va(base));
+                pages += 1;
+            } else {
+                vas.extend(
+                    page.iter()
+                        .map(|&mpa| monitor::ReplayEntry::Spte(mpa).va(base)),
+                );
+            }
+        }
         ctx.replay_sptes(&vas, cr3)?;
+        self.pages_replayed.fetch_add(pages, Ordering::Relaxed);
         let runs = vas.len().div_ceil(monitor::REPLAY_CAPACITY).max(1) as u64;
         self.replay_runs.fetch_add(runs, Ordering::Relaxed);
         if vas.is_empty() {
             self.cr3_only_runs.fetch_add(1, Ordering::Relaxed);
         }
         self.sptes_replayed
+            .fetch_add(log.len() as u64, Ordering::Relaxed);
+        self.replay_stores
             .fetch_add(vas.len() as u64, Ordering::Relaxed);
         Ok(())
     }
@@ -363,7 +393,14 @@ pub fn run_kvm_reports<P: SyncPolicy>(
             }
         });
     }
-    let hooks = ShadowHooks::new(&mmu, &vm, &kicks, config.inject, config.host_coherence)?;
+    let hooks = ShadowHooks::new(
+        &mmu,
+        &vm,
+        &kicks,
+        config.inject,
+        config.host_coherence,
+        config.replay_page_zap_min,
+    )?;
     let cr3s = plan
         .vcpus
         .iter()

@@ -63,6 +63,10 @@ pub struct WorkerArgs {
     /// pool's memslot with the vCPUs parked; the slower first design, for comparison).
     #[arg(long, value_enum, default_value_t = HostCoherenceArg::Replay)]
     pub host_coherence: HostCoherenceArg,
+    /// `--host-coherence replay`: a pool page with at least this many changed SPTEs in one
+    /// replay is dropped by the host as a whole (one store) rather than entry by entry.
+    #[arg(long, default_value_t = crate::kvm::DEFAULT_REPLAY_PAGE_ZAP_MIN as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub replay_page_zap_min: u64,
     /// Allow running a build of an UNSOUND policy (the no-barrier negative control).
     #[arg(long)]
     pub allow_unsound: bool,

@@ -64,6 +64,7 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
             HostCoherenceArg::Replay => HostCoherence::Replay,
             HostCoherenceArg::CycleSlot => HostCoherence::CycleSlot,
         },
+        replay_page_zap_min: usize::try_from(args.replay_page_zap_min).unwrap_or(usize::MAX),
         ..RunConfig::default()
     };
     let params = workload.params();
