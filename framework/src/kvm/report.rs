@@ -189,6 +189,8 @@ pub struct ExitCounts {
     pub emulated_out: u64,
     /// KVM_RUN returns with EINTR (kicks).
     pub kicked: u64,
+    /// Host-coherence replays entered by hand because an event was in flight (`kvm::vcpu`).
+    pub replay_by_hand: u64,
     /// Other exits.
     pub other: u64,
 }
