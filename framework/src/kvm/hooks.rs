@@ -69,9 +69,15 @@ pub trait GuestContext {
     /// Runs the monitor's replay routine (`monitor::replay_entry`) on this vCPU: re-stores the
     /// SPTEs at `vas` (monitor VAs in `monitor::POOL_VA`; none: only the CR3 reload) in guest
     /// context, so that a host shadowing the pool zaps its stale copies, then reloads CR3, on
-    /// hardware CR3 `cr3` if given (which stays loaded). Returns once the routine completed,
-    /// with the interrupted guest context restored.
-    fn replay_sptes(&mut self, vas: &[u64], cr3: Option<u64>) -> Result<(), HookError>;
+    /// hardware CR3 `cr3` if given (which stays loaded). Returns once the routine completed;
+    /// the interrupted guest context resumes at the next entry. `by_hand`: enter the routine
+    /// with saved and restored registers even if no event is in flight (for tests).
+    fn replay_sptes(
+        &mut self,
+        vas: &[u64],
+        cr3: Option<u64>,
+        by_hand: bool,
+    ) -> Result<(), HookError>;
 }
 
 /// `native` mode: the guest's own page tables are in CR3 and the host's MMU handles them.

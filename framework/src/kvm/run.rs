@@ -93,6 +93,10 @@ pub struct RunConfig {
     /// replay is dropped by the host as a whole (one store) rather than entry by entry
     /// (`usize::MAX`: never; 1: always).
     pub replay_page_zap_min: usize,
+    /// [`HostCoherence::Replay`]: always enter the replay routine by hand (saved and restored
+    /// registers), the fallback normally taken only when an event is already being delivered
+    /// to the guest. For tests of that path.
+    pub replay_by_hand: bool,
 }
 
 impl Default for RunConfig {
@@ -106,6 +110,7 @@ impl Default for RunConfig {
             pool_pages: 4096,
             host_coherence: HostCoherence::Replay,
             replay_page_zap_min: DEFAULT_REPLAY_PAGE_ZAP_MIN,
+            replay_by_hand: false,
         }
     }
 }

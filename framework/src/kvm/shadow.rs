@@ -122,6 +122,7 @@ pub struct ShadowHooks<'a, P: SyncPolicy> {
     pages_replayed: AtomicU64,
     replay_stores: AtomicU64,
     page_zap_min: usize,
+    replay_by_hand: bool,
     flush_ns: AtomicU64,
     skip_host_flush: bool,
 }
@@ -131,14 +132,13 @@ fn hook_err(e: impl std::fmt::Display) -> HookError {
 }
 
 impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
-    /// Hooks for the vCPUs of `vm` (one kick state each) on `mmu`.
+    /// Hooks for the vCPUs of `vm` (one kick state each) on `mmu`, keeping the host coherent
+    /// as `config` says (`host_coherence`, `replay_*`, `inject`).
     pub fn new(
         mmu: &'a Mmu<P>,
         vm: &'a Vm,
         kicks: &'a [VcpuKick],
-        inject: Option<FaultInjection>,
-        mode: HostCoherence,
-        page_zap_min: usize,
+        config: &RunConfig,
     ) -> Result<Self, KvmError> {
         let vcpus = (0..kicks.len())
             .map(|i| mmu.vcpu(i).map(Mutex::new))
@@ -152,7 +152,7 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
             gate: RunGate::default(),
             flush_lock: Mutex::new(()),
             replay_lock: Mutex::new(()),
-            mode,
+            mode: config.host_coherence,
             flushes: AtomicU64::new(0),
             host_flushes: AtomicU64::new(0),
             replay_runs: AtomicU64::new(0),
@@ -160,9 +160,10 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
             sptes_replayed: AtomicU64::new(0),
             pages_replayed: AtomicU64::new(0),
             replay_stores: AtomicU64::new(0),
-            page_zap_min: page_zap_min.max(1),
+            page_zap_min: config.replay_page_zap_min.max(1),
+            replay_by_hand: config.replay_by_hand,
             flush_ns: AtomicU64::new(0),
-            skip_host_flush: inject == Some(FaultInjection::SkipHostFlush),
+            skip_host_flush: config.inject == Some(FaultInjection::SkipHostFlush),
         })
     }
 
@@ -223,7 +224,7 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
                 );
             }
         }
-        ctx.replay_sptes(&vas, cr3)?;
+        ctx.replay_sptes(&vas, cr3, self.replay_by_hand)?;
         self.pages_replayed.fetch_add(pages, Ordering::Relaxed);
         let runs = vas.len().div_ceil(monitor::REPLAY_CAPACITY).max(1) as u64;
         self.replay_runs.fetch_add(runs, Ordering::Relaxed);
@@ -393,14 +394,7 @@ pub fn run_kvm_reports<P: SyncPolicy>(
             }
         });
     }
-    let hooks = ShadowHooks::new(
-        &mmu,
-        &vm,
-        &kicks,
-        config.inject,
-        config.host_coherence,
-        config.replay_page_zap_min,
-    )?;
+    let hooks = ShadowHooks::new(&mmu, &vm, &kicks, config)?;
     let cr3s = plan
         .vcpus
         .iter()

@@ -129,14 +129,19 @@ struct MonitorContext<'a> {
 }
 
 impl GuestContext for MonitorContext<'_> {
-    fn replay_sptes(&mut self, vas: &[u64], cr3: Option<u64>) -> Result<(), HookError> {
+    fn replay_sptes(
+        &mut self,
+        vas: &[u64],
+        cr3: Option<u64>,
+        by_hand: bool,
+    ) -> Result<(), HookError> {
         let mut cr3 = cr3;
         let mut chunks = vas.chunks(monitor::REPLAY_CAPACITY).peekable();
         if chunks.peek().is_none() {
-            return run_replay(self, &[], cr3).map_err(|e| HookError(e.to_string()));
+            return run_replay(self, &[], cr3, by_hand).map_err(|e| HookError(e.to_string()));
         }
         for chunk in chunks {
-            run_replay(self, chunk, cr3.take()).map_err(|e| HookError(e.to_string()))?;
+            run_replay(self, chunk, cr3.take(), by_hand).map_err(|e| HookError(e.to_string()))?;
         }
         Ok(())
     }
@@ -153,7 +158,12 @@ impl GuestContext for MonitorContext<'_> {
 /// it. Only if another event is already on its way into the guest (a kick can stop the vCPU
 /// between the host queueing a #PF and delivering it) does the VMM enter the routine by hand
 /// ([`run_replay_by_hand`]).
-fn run_replay(ctx: &mut MonitorContext<'_>, vas: &[u64], cr3: Option<u64>) -> Result<(), KvmError> {
+fn run_replay(
+    ctx: &mut MonitorContext<'_>,
+    vas: &[u64],
+    cr3: Option<u64>,
+    by_hand: bool,
+) -> Result<(), KvmError> {
     let index = ctx.index;
     if let Some(cr3) = cr3 {
         set_cr3(ctx.vcpu, index, cr3)?;
@@ -169,7 +179,7 @@ fn run_replay(ctx: &mut MonitorContext<'_>, vas: &[u64], cr3: Option<u64>) -> Re
                 vcpu: index,
                 source,
             })?;
-        if event_in_flight(&events) {
+        if by_hand || event_in_flight(&events) {
             return run_replay_by_hand(ctx, events);
         }
         events.exception.injected = 1;
