@@ -88,7 +88,8 @@ fn every_workload_runs_on_the_shadow_mmu_with_one_and_two_vcpus() {
 }
 
 fn coherence(r: &RunResult) -> HostCoherenceStats {
-    r.host_coherence.expect("the kvm backend reports its host coherence")
+    r.host_coherence
+        .expect("the kvm backend reports its host coherence")
 }
 
 /// Each way of keeping the host coherent passes the workloads that change SPTEs the most
@@ -168,33 +169,40 @@ fn every_host_coherence_variant_keeps_the_workloads_correct() {
 }
 
 /// The flush before re-entry is what keeps translations coherent: with it skipped (no replay,
-/// no memslot cycle), the workloads' self-checks catch a stale translation (pt-churn on one vCPU: the local flush;
-/// unsync-race on two: the remote one). With it, the same runs pass (test above).
+/// no memslot cycle), the workloads' self-checks catch a stale translation (pt-churn on one
+/// vCPU: the local flush; unsync-race on two: the remote one). The same happens when the
+/// replay routine runs without its SPTE stores (only its CR3 reload): the stores made in
+/// guest context are what the host hears. With them, the same runs pass (tests above).
 #[test]
 fn without_the_flush_before_entry_a_stale_translation_is_caught() {
     require_kvm!("without_the_flush_before_entry_a_stale_translation_is_caught");
     use shadowlab_framework::kvm::{FailureKind, FaultInjection, KvmError};
     use shadowlab_workloads::{Params, Run, Workload};
-    for (name, n) in [("pt-churn", 1), ("unsync-race", 2)] {
-        let w = Workload::from_name(name).unwrap();
-        let w = w.with_params(Params {
-            iters: 50,
-            ..w.params()
-        });
-        let cfg = RunConfig {
-            inject: Some(FaultInjection::SkipHostFlush),
-            ..config(n)
-        };
-        let err = run_kvm(&cfg, &GuestParams::workload(&w)).expect_err(name);
-        eprintln!("{name} x{n} without the flush: {err}");
-        let KvmError::GuestFailed { failure, .. } = &err else {
-            panic!("{name}: wrong error: {err}")
-        };
-        match &failure.kind {
-            FailureKind::Assert { message, .. } => {
-                assert!(message.contains("self-check failed"), "{message}")
+    for inject in [
+        FaultInjection::SkipHostFlush,
+        FaultInjection::ReplayWithoutStores,
+    ] {
+        for (name, n) in [("pt-churn", 1), ("unsync-race", 2)] {
+            let w = Workload::from_name(name).unwrap();
+            let w = w.with_params(Params {
+                iters: 50,
+                ..w.params()
+            });
+            let cfg = RunConfig {
+                inject: Some(inject),
+                ..config(n)
+            };
+            let err = run_kvm(&cfg, &GuestParams::workload(&w)).expect_err(name);
+            eprintln!("{name} x{n} with {inject:?}: {err}");
+            let KvmError::GuestFailed { failure, .. } = &err else {
+                panic!("{name}: wrong error: {err}")
+            };
+            match &failure.kind {
+                FailureKind::Assert { message, .. } => {
+                    assert!(message.contains("self-check failed"), "{message}")
+                }
+                other => panic!("{name}, {inject:?}: expected a failed self-check, got {other:?}"),
             }
-            other => panic!("{name}: expected a failed self-check, got {other:?}"),
         }
     }
 }

@@ -54,6 +54,10 @@ pub enum FaultInjection {
     /// shadows of the pool, i.e. without the remote/local flush (no replay, no memslot cycle). Stale translations follow,
     /// and the workloads' self-checks must catch them.
     SkipHostFlush,
+    /// `kvm` backend, [`HostCoherence::Replay`]: run the replay routine without its stores
+    /// (only its CR3 reload), to show that the stores in guest context are what makes the
+    /// host drop its stale translations.
+    ReplayWithoutStores,
 }
 
 /// How the `kvm` backend makes a host that shadows the pool see SPTE changes (`kvm::shadow`).

@@ -123,6 +123,7 @@ pub struct ShadowHooks<'a, P: SyncPolicy> {
     replay_stores: AtomicU64,
     page_zap_min: usize,
     replay_by_hand: bool,
+    replay_without_stores: bool,
     flush_ns: AtomicU64,
     skip_host_flush: bool,
 }
@@ -162,6 +163,7 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
             replay_stores: AtomicU64::new(0),
             page_zap_min: config.replay_page_zap_min.max(1),
             replay_by_hand: config.replay_by_hand,
+            replay_without_stores: config.inject == Some(FaultInjection::ReplayWithoutStores),
             flush_ns: AtomicU64::new(0),
             skip_host_flush: config.inject == Some(FaultInjection::SkipHostFlush),
         })
@@ -223,6 +225,9 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
                         .map(|&mpa| monitor::ReplayEntry::Spte(mpa).va(base)),
                 );
             }
+        }
+        if self.replay_without_stores {
+            vas.clear();
         }
         ctx.replay_sptes(&vas, cr3, self.replay_by_hand)?;
         self.pages_replayed.fetch_add(pages, Ordering::Relaxed);
