@@ -51,8 +51,8 @@ pub enum FaultInjection {
     /// (the guest itself cannot break the monitor's IDT: it runs at CPL3).
     NoIdt,
     /// `kvm` backend: handle the MMU's TLB-flush requests without making the host drop its
-    /// shadows of the pool, i.e. without the remote/local flush (no replay, no memslot cycle). Stale translations follow,
-    /// and the workloads' self-checks must catch them.
+    /// shadows of the pool, i.e. without the remote/local flush (no replay, no memslot
+    /// cycle). Stale translations follow, and the workloads' self-checks must catch them.
     SkipHostFlush,
     /// `kvm` backend, [`HostCoherence::Replay`]: run the replay routine without its stores
     /// (only its CR3 reload), to show that the stores in guest context are what makes the

@@ -13,15 +13,19 @@
 //!
 //! - **Replay** (default), the way a PVM guest keeps its host coherent: the MMU logs the
 //!   address of every such SPTE (`Mmu::take_host_coherence_log`); the vCPU that takes the log
-//!   runs the monitor's replay routine (`monitor::replay_entry`, through [`GuestContext`]),
-//!   which re-stores each SPTE from guest context through the pool's mapping in the monitor
-//!   (the host traps or emulates the store and zaps its own shadow entry:
-//!   `kvm_mmu_pte_write`), then reloads CR3 (the host resyncs any pool page it unsynced rather
-//!   than write-protected). One vCPU replays at a time (`replay_lock`): a vCPU whose flush
-//!   request came after entries were logged either takes them itself or waits for the vCPU
-//!   that took them to finish. Every vCPU with a flush request reloads its own CR3 in guest
-//!   context (the routine with no entries, if the log is empty), because the host syncs unsync
-//!   pages only below the root it reloads. No vCPU is parked.
+//!   runs the monitor's replay routine (`monitor::replay_entry`, through [`GuestContext`]:
+//!   `kvm::vcpu` injects the routine's reserved vector, so the CPU saves the interrupted
+//!   context and the routine's `iretq` restores it), which re-stores each SPTE from guest
+//!   context through the pool's mapping in the monitor (the host traps or emulates the store
+//!   and zaps its own shadow entry: `kvm_mmu_track_write`), then reloads CR3 (the host resyncs
+//!   any pool page it unsynced rather than write-protected), then exits once. A pool page
+//!   with many changed SPTEs gets one "misaligned" store instead, which makes the host zap its
+//!   whole shadow of that page (`RunConfig::replay_page_zap_min`). One vCPU replays at a time
+//!   (`replay_lock`): a vCPU whose flush request came after entries were logged either takes
+//!   them itself or waits for the vCPU that took them to finish. Every vCPU with a flush
+//!   request reloads its own CR3 in guest context (the routine with no entries, if the log
+//!   is empty), because the host syncs unsync pages only below the root it reloads. No vCPU
+//!   is parked.
 //! - **CycleSlot**: delete and re-add the pool's memslot ([`Vm::cycle_pool_slot`]) with every
 //!   vCPU parked outside KVM_RUN ([`RunGate`]); the host drops all its shadows of the pool.
 //!   Correct, and expensive (about 100 us a flush here, plus every host shadow rebuilt).

@@ -9,6 +9,8 @@
 //! let mmu  = Mmu::<BuildPolicy>::new(mem.clone(), nr_vcpus)?;
 //! mmu.link_monitor(pml4e);                       // kvm: slot 511 of every shadow root
 //! mmu.set_kicker(|vcpu| ..);                      // kvm: force a vCPU out of KVM_RUN
+//! mmu.enable_host_coherence_log();                // kvm: log SPTE changes the host can't see
+//! mmu.take_host_coherence_log() -> Vec<u64>       //   their pool addresses, at a TLB flush
 //! let mut v = mmu.vcpu(id)?;                      // VcpuMmu, owned by the vCPU thread
 //!
 //! mmu.kvm_mmu_new_pgd(&mut v, cr3)?;              // guest CR3 load: switch root + sync roots
