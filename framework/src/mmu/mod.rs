@@ -333,15 +333,23 @@ impl<P: SyncPolicy> Mmu<P> {
     /// Stores an SPTE. `Release` so a walker that follows a new link sees the zeroed table
     /// (`mmu_spte_set`; on x86 a plain store). A change the host cannot see is logged
     /// ([`coherence`]).
+    ///
+    /// The change is logged after the store: a vCPU replaying the log concurrently must not
+    /// take the entry while the SPTE still holds its old value (the host would re-cache that,
+    /// and the entry would be gone). Logged after, the entry is replayed either by a replay
+    /// that sees the new value or by the next one.
     #[inline]
     fn store_spte(&self, r: SpteRef, v: u64) {
-        if self.host_log.get().is_some() {
-            self.log_spte_change(r, self.load_spte(r), v);
-        }
+        let old = if self.host_log.get().is_some() {
+            self.load_spte(r)
+        } else {
+            0
+        };
         let _ = self
             .mem
             .region()
             .store_u64(self.spte_mpa(r), v, Ordering::Release);
+        self.log_spte_change(r, old, v);
     }
 
     /// Atomically clears an SPTE, returning the old value (A/D bits set by a concurrent walker
