@@ -108,6 +108,27 @@ pub struct HostCoherenceStats {
     pub flush_ns: u64,
 }
 
+/// The replay routine's entries (monitor VAs) for `log` (sorted SPTE addresses of a pool at
+/// `pool_base`): one whole-page store for a pool page with at least `page_zap_min` of them,
+/// one store per SPTE otherwise. Returns them and the number of whole-page stores.
+fn replay_plan(log: &[u64], pool_base: u64, page_zap_min: usize) -> (Vec<u64>, u64) {
+    let mut vas = Vec::with_capacity(log.len());
+    let mut pages = 0;
+    // The log is sorted: SPTEs of one pool page are adjacent.
+    for page in log.chunk_by(|a, b| a >> 12 == b >> 12) {
+        if page.len() >= page_zap_min {
+            vas.push(monitor::ReplayEntry::Page(page[0]).va(pool_base));
+            pages += 1;
+        } else {
+            vas.extend(
+                page.iter()
+                    .map(|&mpa| monitor::ReplayEntry::Spte(mpa).va(pool_base)),
+            );
+        }
+    }
+    (vas, pages)
+}
+
 /// [`MmuHooks`] over the shadow MMU.
 pub struct ShadowHooks<'a, P: SyncPolicy> {
     mmu: &'a Mmu<P>,
@@ -216,20 +237,7 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
         let _one = self.replay_lock.lock().unwrap_or_else(|e| e.into_inner());
         let log = self.mmu.take_host_coherence_log();
         let base = self.mmu.mem().pool_base();
-        let mut vas = Vec::with_capacity(log.len());
-        let mut pages = 0;
-        // The log is sorted: SPTEs of one pool page are adjacent.
-        for page in log.chunk_by(|a, b| a >> 12 == b >> 12) {
-            if page.len() >= self.page_zap_min {
-                vas.push(monitor::ReplayEntry::Page(page[0]).va(base));
-                pages += 1;
-            } else {
-                vas.extend(
-                    page.iter()
-                        .map(|&mpa| monitor::ReplayEntry::Spte(mpa).va(base)),
-                );
-            }
-        }
+        let (mut vas, pages) = replay_plan(&log, base, self.page_zap_min);
         if self.replay_without_stores {
             vas.clear();
         }
@@ -422,4 +430,32 @@ pub fn run_kvm_reports<P: SyncPolicy>(
     result.host_flushes = Some(hooks.host_flushes());
     result.host_coherence = Some(hooks.host_coherence_stats());
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replay_plan;
+    use crate::kvm::monitor::{pool_va, POOL_VA};
+
+    #[test]
+    fn a_page_with_enough_changed_sptes_is_one_misaligned_store() {
+        let base = 64 << 20;
+        let p0 = base;
+        let p3 = base + 3 * 4096;
+        let log = [p0 + 8, p0 + 16, p0 + 4088, p3 + 40];
+        // Threshold 3: page 0 whole (its second byte), page 3 entry by entry.
+        let (vas, pages) = replay_plan(&log, base, 3);
+        assert_eq!(pages, 1);
+        assert_eq!(vas, [POOL_VA + 1, pool_va(base, p3 + 40)]);
+        // Never whole: one store per SPTE, each at the SPTE's first byte.
+        let (vas, pages) = replay_plan(&log, base, usize::MAX);
+        assert_eq!(pages, 0);
+        assert_eq!(vas, log.map(|a| pool_va(base, a)));
+        assert!(vas.iter().all(|va| va % 8 == 0));
+        // Always whole: one store per page.
+        let (vas, pages) = replay_plan(&log, base, 1);
+        assert_eq!((vas.len(), pages), (2, 2));
+        assert_eq!(vas[1], pool_va(base, p3) + 1);
+        assert_eq!(replay_plan(&[], base, 1), (vec![], 0));
+    }
 }
