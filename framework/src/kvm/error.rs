@@ -85,6 +85,14 @@ pub enum KvmError {
         /// The errno.
         source: Errno,
     },
+    /// KVM_GET_VCPU_EVENTS or KVM_SET_VCPU_EVENTS failed.
+    #[error("KVM_GET/SET_VCPU_EVENTS on vCPU {vcpu}: {source}")]
+    VcpuEvents {
+        /// vCPU index.
+        vcpu: usize,
+        /// The errno.
+        source: Errno,
+    },
     /// KVM_SET_XCRS failed.
     #[error("KVM_SET_XCRS on vCPU {vcpu}: {source}")]
     SetXcrs {
@@ -136,6 +144,17 @@ pub enum KvmError {
     /// Setting up the shadow MMU failed.
     #[error("shadow MMU: {0}")]
     Mmu(#[from] crate::mmu::MmuError),
+    /// Mapping the shadow pool into the monitor, or filling a replay data page, failed.
+    #[error("monitor: {0}")]
+    Monitor(#[from] super::monitor::MonitorError),
+    /// The monitor's replay routine did not end in its completion exit.
+    #[error("vCPU {vcpu}: the monitor's SPTE replay routine stopped with {what}")]
+    Replay {
+        /// vCPU index.
+        vcpu: usize,
+        /// The exit it took instead.
+        what: String,
+    },
     /// Installing the kick signal handler failed.
     #[error("installing the vCPU kick signal handler: {0}")]
     SignalHandler(std::io::Error),

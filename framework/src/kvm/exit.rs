@@ -102,6 +102,8 @@ pub struct ExitState {
     /// VMM-side time of each guest #PF handled (from the decoded exit to the action, not
     /// counting the exit itself), in ns.
     pub fault_ns: Vec<u32>,
+    /// The vCPU is parked at the monitor's replay routine's completion exit (`kvm::vcpu`).
+    pub replay_parked: bool,
 }
 
 impl ExitState {

@@ -48,14 +48,36 @@ pub trait MmuHooks: Send + Sync {
     /// `kvm_check_request` before entry). Returns a new hardware CR3 if it must change.
     fn flush_before_entry(&self, vcpu: usize) -> Result<Option<u64>, HookError>;
     /// Called before every KVM_RUN, after [`MmuHooks::flush_before_entry`]: the place for the
-    /// MMU's own requests and guest-mode bookkeeping (KVM's `vcpu_enter_guest`). Returns a new
-    /// hardware CR3 if it must change. Nothing by default.
-    fn before_entry(&self, _vcpu: usize) -> Result<Option<u64>, HookError> {
+    /// MMU's own requests and guest-mode bookkeeping (KVM's `vcpu_enter_guest`). `ctx` runs
+    /// monitor code on this vCPU first if the MMU needs it (the host-coherence replay).
+    /// Returns a new hardware CR3 if it must change. Nothing by default.
+    fn before_entry(
+        &self,
+        _vcpu: usize,
+        _ctx: &mut dyn GuestContext,
+    ) -> Result<Option<u64>, HookError> {
         Ok(None)
     }
     /// Called as soon as KVM_RUN returns, before anything else (KVM's guest-mode exit).
     /// Nothing by default.
     fn after_exit(&self, _vcpu: usize) {}
+}
+
+/// Monitor code the MMU may have a vCPU run before it re-enters the guest; implemented by the
+/// vCPU's thread, which owns the vCPU (outside KVM_RUN when this is called).
+pub trait GuestContext {
+    /// Runs the monitor's replay routine (`monitor::replay_entry`) on this vCPU: re-stores the
+    /// SPTEs at `vas` (monitor VAs in `monitor::POOL_VA`; none: only the CR3 reload) in guest
+    /// context, so that a host shadowing the pool zaps its stale copies, then reloads CR3, on
+    /// hardware CR3 `cr3` if given (which stays loaded). Returns once the routine completed;
+    /// the interrupted guest context resumes at the next entry. `by_hand`: enter the routine
+    /// with saved and restored registers even if no event is in flight (for tests).
+    fn replay_sptes(
+        &mut self,
+        vas: &[u64],
+        cr3: Option<u64>,
+        by_hand: bool,
+    ) -> Result<(), HookError>;
 }
 
 /// `native` mode: the guest's own page tables are in CR3 and the host's MMU handles them.

@@ -123,6 +123,16 @@ impl VcpuKick {
         }
     }
 
+    /// Called by the vCPU thread itself to make its next KVM_RUN return EINTR at once (KVM
+    /// then only completes the exit in progress).
+    pub fn set_immediate_exit(&self) {
+        let t = self.target.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = t.as_ref() {
+            // SAFETY: registered, see above.
+            unsafe { (*t.immediate_exit).store(1, Ordering::SeqCst) };
+        }
+    }
+
     /// Called by the vCPU thread after KVM_RUN returned EINTR.
     pub fn clear_immediate_exit(&self) {
         let t = self.target.lock().unwrap_or_else(|e| e.into_inner());

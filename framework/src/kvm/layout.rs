@@ -8,8 +8,10 @@
 //!   after the image            per-vCPU guard page + stack, boot page tables, free frames
 //! MONITOR_GPA .. +MONITOR_SIZE memslot 1: the VMM's monitor (GDT, IDT, stubs, TSSes, the
 //!                              monitor's page tables, IST stacks), mapped at MONITOR_BASE
-//!                              (PML4 slot 511), supervisor-only. Outside guest RAM: the guest's
-//!                              frame allocator can never hand it out.
+//!                              (PML4 slot 511), supervisor-only; its tables also map the shadow
+//!                              pool at `monitor::POOL_VA` (kvm backend: the replay routine's
+//!                              SPTE stores). Outside guest RAM: the guest's frame allocator can
+//!                              never hand it out.
 //! SHADOW_POOL_GPA ..           memslot 2 (kvm backend): the shadow MMU's page-table pool.
 //! ```
 

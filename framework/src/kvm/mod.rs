@@ -32,11 +32,21 @@
 //! - The host does **not** see guest page-table entries rewritten by the VMM from userspace:
 //!   INVLPG, a full flush, a CR3 switch and an MMU context reset all keep the old translation;
 //!   only deleting and re-adding the memslot (~100 us) does (`examples/host_coherence.rs`).
-//!   The `kvm` backend writes shadow PTEs from the VMM, so on this host it cycles the shadow
-//!   pool's memslot, with the vCPUs parked, whenever the MMU asks for a TLB flush (KVM's
-//!   algorithm follows every SPTE change other than not-present -> present with one). That is
-//!   correct (`tests/kvm_shadow.rs` shows the self-checks failing without it) and costly; SPTE
-//!   stores performed in guest context by the monitor would be the cheaper design.
+//!   The `kvm` backend writes shadow PTEs from the VMM, so on this host every SPTE change
+//!   that takes something away is logged by the MMU (`mmu::coherence`) and, when the MMU asks
+//!   for a TLB flush (KVM's algorithm follows every such change with one), *replayed in guest
+//!   context*: the vCPU is sent (an injected reserved vector) into a monitor routine that
+//!   re-stores those SPTEs through the pool's mapping in the monitor (`monitor::POOL_VA`) and
+//!   reloads CR3, the way a PVM guest keeps its host coherent: the host traps or emulates the
+//!   stores and zaps its own shadows (`kvm_mmu_track_write`). See [`shadow`]. The memslot
+//!   cycle with every vCPU parked, the first design, remains as
+//!   [`HostCoherence::CycleSlot`]. `tests/kvm_shadow.rs` shows the self-checks failing with
+//!   neither, and with the replay's CR3 reload but without its stores.
+//! - Cost on this host (release build, `shadowlab-vmm --backend kvm`): a replay round costs
+//!   ~50 us (an injected event, the emulated routine, one exit), a memslot cycle ~80-300 us
+//!   plus every host shadow page rebuilt; but a guest #PF round trip through the monitor costs
+//!   ~50 us too (the exit floor: every CPL0 instruction is emulated), and fault-heavy
+//!   workloads are bound by that, not by the flushes.
 
 pub mod boot;
 pub mod elf;
@@ -59,13 +69,14 @@ pub mod vm;
 
 pub use boot::GuestParams;
 pub use error::KvmError;
-pub use hooks::{FaultOutcome, HookError, MmuHooks, NativeMmu};
+pub use hooks::{FaultOutcome, GuestContext, HookError, MmuHooks, NativeMmu};
 pub use kick::{make_all_cpus_request, new_kicks, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
 pub use report::{FailureKind, GuestFailure, RunResult, VcpuReport};
 pub use run::{
-    run_native, run_native_reports, run_native_with, FaultInjection, HypercallPath, RunConfig,
+    run_native, run_native_reports, run_native_with, FaultInjection, HostCoherence, HypercallPath,
+    RunConfig, DEFAULT_REPLAY_PAGE_ZAP_MIN,
 };
-pub use shadow::{run_kvm, run_kvm_reports};
+pub use shadow::{run_kvm, run_kvm_reports, HostCoherenceStats};
 pub use shadowlab_guest_abi::program;
 
 /// Why `/dev/kvm` cannot be used here, or `None` if it can (opened and API version 12).

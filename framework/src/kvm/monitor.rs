@@ -44,8 +44,36 @@ pub const PD_OFF: u64 = 0x6000;
 pub const PT_OFF: u64 = 0x7000;
 /// Offset of the first IST stack (one page per vCPU).
 pub const IST_OFF: u64 = 0x8000;
+/// Offset of the page directories that map the shadow pool at [`POOL_VA`] (`kvm` backend):
+/// PDPT entries 1..=[`POOL_PDS`] point here, one PD (1 GiB of 2 MiB pages) each.
+pub const POOL_PD_OFF: u64 = IST_OFF + MAX_VCPUS as u64 * 0x1000;
+/// Page directories for the pool: 4 GiB, everything below [`MONITOR_GPA`].
+pub const POOL_PDS: u64 = 4;
+/// Offset of the first replay data page (one page per vCPU): the SPTE addresses the replay
+/// routine re-stores, as monitor VAs ([`REPLAY_CAPACITY`] at most).
+pub const REPLAY_OFF: u64 = POOL_PD_OFF + POOL_PDS * 0x1000;
 /// Size of the monitor region.
-pub const MONITOR_SIZE: u64 = IST_OFF + MAX_VCPUS as u64 * 0x1000;
+pub const MONITOR_SIZE: u64 = REPLAY_OFF + MAX_VCPUS as u64 * 0x1000;
+/// Where the shadow pool is mapped in the monitor's range (PML4 slot 511, supervisor-only,
+/// 2 MiB pages): 1 GiB above [`MONITOR_BASE`]. The replay routine stores to SPTEs here.
+pub const POOL_VA: u64 = MONITOR_BASE + (1 << 30);
+/// Entries one run of the replay routine takes: a data page of 8-byte words is the count, then
+/// the entries.
+pub const REPLAY_CAPACITY: usize = 511;
+/// Offset in a replay data page of the round word: the entry count plus one for a round to
+/// run (a round of no entries only reloads CR3), 0 for no more rounds (the VMM writes it).
+const REPLAY_COUNT: u64 = 0;
+/// Offset in a replay data page of the first entry.
+const REPLAY_ENTRIES: u64 = 8;
+/// The exception vector the VMM injects to enter the replay routine: 15 is reserved by the
+/// architecture, so nothing else ever raises it. Its gate switches stacks only from CPL3 (to
+/// RSP0, the top of the vCPU's IST page, free whenever the vCPU runs at CPL3); from CPL0 (a
+/// monitor stub, or the routine itself) the frame goes below the current one, so the routine
+/// may interrupt anything in the monitor, itself included, without clobbering a frame.
+pub const REPLAY_VECTOR: u8 = 15;
+/// The port the replay routine's completion `out` uses (monitor ABI, not the guest's: the
+/// guest never runs the routine).
+pub const REPLAY_DONE_PORT: u16 = 0xe3;
 // One PT maps the whole monitor.
 const _: () = assert!(MONITOR_SIZE <= 512 * 4096);
 
@@ -69,6 +97,9 @@ pub const NATIVE_GATE_VECTOR: u8 = 3;
 /// Offset of the native-op gate's code within the stubs page.
 const NATIVE_OFF: u64 = 0x400;
 
+/// Offset of the replay routine within the stubs page.
+const REPLAY_CODE_OFF: u64 = 0x600;
+
 /// Vectors for which the CPU pushes an error code.
 const ERROR_CODE_VECTORS: [u8; 10] = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30];
 /// Stride of one per-vector stub.
@@ -84,6 +115,13 @@ pub const fn pml4_entry() -> u64 {
 /// Top of vCPU `vcpu`'s IST stack, as an offset into the monitor.
 pub const fn ist_top_off(vcpu: usize) -> u64 {
     IST_OFF + (vcpu as u64 + 1) * 0x1000
+}
+
+/// The stack the VMM gives the replay routine when it enters it by hand (see `kvm::vcpu`):
+/// the middle of the vCPU's IST page, below anything a stub or a parked routine keeps at its
+/// top.
+pub const fn hand_stack_top_off(vcpu: usize) -> u64 {
+    IST_OFF + vcpu as u64 * 0x1000 + 0x800
 }
 
 /// Machine code of the stubs page: 32 per-vector entries, then the common tail.
@@ -118,7 +156,171 @@ pub fn stub_code() -> Vec<u8> {
     code[COMMON_OFF as usize..COMMON_OFF as usize + common.len()].copy_from_slice(&common);
     let gate = native_gate();
     code[NATIVE_OFF as usize..NATIVE_OFF as usize + gate.len()].copy_from_slice(&gate);
+    let replay = replay_routine();
+    code[REPLAY_CODE_OFF as usize..REPLAY_CODE_OFF as usize + replay.len()]
+        .copy_from_slice(&replay);
     code
+}
+
+/// The entry point of the replay routine (a monitor VA, CPL0).
+pub const fn replay_entry() -> u64 {
+    MONITOR_BASE + STUBS_OFF + REPLAY_CODE_OFF
+}
+
+/// The monitor VA of vCPU `vcpu`'s replay data page.
+pub const fn replay_data_va(vcpu: usize) -> u64 {
+    MONITOR_BASE + REPLAY_OFF + vcpu as u64 * 0x1000
+}
+
+/// The replay routine: makes a host that shadows our shadow pages see SPTE changes the VMM
+/// made from userspace (see `mmu::coherence` and `kvm::shadow`).
+///
+/// Entered through [`REPLAY_VECTOR`]'s gate (the VMM injects the exception; CPL0, interrupts
+/// off) from wherever the vCPU stopped: CPL3 guest code, a monitor stub between its `out` and
+/// its `iretq`, or this routine. It saves the five registers it uses and finds this vCPU's
+/// replay data page from its stack (which lies in the vCPU's IST page, at a fixed distance
+/// from the data page). For each entry, a monitor VA in [`POOL_VA`]: `lock or byte [a], 0`, a
+/// store by the guest of the byte already there, which the host traps or emulates and hands
+/// to `kvm_mmu_track_write`. At an SPTE's first byte ([`ReplayEntry::Spte`]) the host zaps
+/// its shadow of that one entry (a one-byte write at an entry's start is the one narrow write
+/// KVM does not call misaligned); at its second byte ([`ReplayEntry::Page`]) the write is
+/// "misaligned" and the host zaps every shadow page it has of that pool page. Locked, so an
+/// SPTE the VMM rewrites meanwhile on another thread is never put back to an old value. Then
+/// `mov cr3` with the current CR3: the host syncs any pool page it chose to unsync rather
+/// than write-protect (its `KVM_REQ_MMU_SYNC` on a CR3 load). Then `out` to
+/// [`REPLAY_DONE_PORT`]: the VMM learns the replay is complete and sets the round word to 0,
+/// or refills the page for another round. With 0 the routine restores the registers and
+/// `iretq`s to the interrupted context when the vCPU next runs.
+///
+/// Integer-only, no calls; every instruction at CPL0 is emulated on this machine's host.
+fn replay_routine() -> [u8; 70] {
+    let delta = ((REPLAY_OFF - IST_OFF) as u32).to_le_bytes();
+    let port = u32::from(REPLAY_DONE_PORT).to_le_bytes();
+    let mut g = [0u8; 70];
+    let parts: [&[u8]; 22] = [
+        &[0x50, 0x51, 0x52, 0x56, 0x57], // 0:  push rax, rcx, rdx, rsi, rdi
+        &[0x48, 0x89, 0xe6],             // 5:  mov rsi, rsp
+        &[0x48, 0x81, 0xe6, 0x00, 0xf0, 0xff, 0xff], // 8: and rsi, -4096 (the IST page)
+        &[0x48, 0x81, 0xc6],             // 15: add rsi, REPLAY_OFF - IST_OFF (the data page)
+        &delta,
+        &[0x48, 0x8b, 0x0e], // 22: mov rcx, [rsi]            (again: count + 1)
+        &[0x48, 0xff, 0xc9], // 25: dec rcx                   (the count)
+        &[0x74, 0x0d],       // 28: jz 43
+        &[0x48, 0x8b, 0x3c, 0xce], // 30: mov rdi, [rsi + rcx*8]    (entries 1..=count)
+        &[0xf0, 0x80, 0x0f, 0x00], // 34: lock or byte [rdi], 0
+        &[0x48, 0xff, 0xc9], // 38: dec rcx
+        &[0x75, 0xf3],       // 41: jnz 30
+        &[0x0f, 0x20, 0xd8], // 43: mov rax, cr3
+        &[0x0f, 0x22, 0xd8], // 46: mov cr3, rax
+        &[0xba],             // 49: mov edx, REPLAY_DONE_PORT
+        &port,
+        &[0xef],                         // 54: out dx, eax -> exit: the VMM sets the count
+        &[0x48, 0x8b, 0x0e],             // 55: mov rcx, [rsi]
+        &[0x48, 0x85, 0xc9],             // 58: test rcx, rcx            (0: no more rounds)
+        &[0x75, 0xd7],                   // 61: jnz 22 (another round, possibly of no entries)
+        &[0x5f, 0x5e, 0x5a, 0x59, 0x58], // 63: pop rdi, rsi, rdx, rcx, rax
+        &[0x48, 0xcf],                   // 68: iretq
+    ];
+    let mut at = 0;
+    for p in parts {
+        g[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    debug_assert_eq!(at, g.len());
+    g
+}
+
+/// What one replayed store makes the host drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayEntry {
+    /// Its shadow of the SPTE at this machine-physical address.
+    Spte(u64),
+    /// Every shadow page it has of the pool page containing this machine-physical address.
+    Page(u64),
+}
+
+impl ReplayEntry {
+    /// The byte the routine stores to, as a monitor VA, for a pool at `pool_base`.
+    pub const fn va(self, pool_base: u64) -> u64 {
+        match self {
+            ReplayEntry::Spte(mpa) => pool_va(pool_base, mpa & !7),
+            ReplayEntry::Page(mpa) => pool_va(pool_base, mpa & !0xfff) + 1,
+        }
+    }
+}
+
+/// The monitor VA at which the replay routine reaches the SPTE at machine-physical `mpa` of a
+/// pool starting at `pool_base` (mapped by [`map_pool`]).
+pub const fn pool_va(pool_base: u64, mpa: u64) -> u64 {
+    POOL_VA + (mpa - (pool_base & !(HUGE - 1)))
+}
+
+const HUGE: u64 = 2 << 20;
+
+/// Maps the shadow pool (`pool_bytes` at guest-physical `pool_base`) at [`POOL_VA`] with
+/// 2 MiB pages in the monitor's own tables: supervisor-only, writable, not executable. These
+/// are VMM-owned tables the host walks, written once before any vCPU runs.
+pub fn map_pool(mon: &MemRegion, pool_base: u64, pool_bytes: u64) -> Result<(), MonitorError> {
+    let start = pool_base & !(HUGE - 1);
+    let end = pool_base
+        .checked_add(pool_bytes)
+        .and_then(|e| e.checked_add(HUGE - 1))
+        .ok_or(MonitorError::PoolTooLarge { pool_bytes })?
+        & !(HUGE - 1);
+    let chunks = (end - start) / HUGE;
+    if chunks > POOL_PDS * 512 {
+        return Err(MonitorError::PoolTooLarge { pool_bytes });
+    }
+    for pd in 0..chunks.div_ceil(512) {
+        mon.write_u64(
+            PDPT_OFF + (1 + pd) * 8,
+            (MONITOR_GPA + POOL_PD_OFF + pd * 0x1000) | pte::P | pte::W,
+        )?;
+    }
+    for i in 0..chunks {
+        mon.write_u64(
+            POOL_PD_OFF + i * 8,
+            (start + i * HUGE) | pte::P | pte::W | pte::PS | pte::A | pte::D | pte::NX,
+        )?;
+    }
+    Ok(())
+}
+
+/// Fills vCPU `vcpu`'s replay data page with `vas` (at most [`REPLAY_CAPACITY`] monitor VAs,
+/// possibly none) and the round word, which the routine reads when it (re)starts.
+pub fn write_replay(mon: &MemRegion, vcpu: usize, vas: &[u64]) -> Result<(), MonitorError> {
+    if vas.len() > REPLAY_CAPACITY {
+        return Err(MonitorError::ReplayTooLong(vas.len()));
+    }
+    let page = REPLAY_OFF + vcpu as u64 * 0x1000;
+    let bytes: Vec<u8> = vas.iter().flat_map(|v| v.to_le_bytes()).collect();
+    mon.write_bytes(page + REPLAY_ENTRIES, &bytes)?;
+    mon.write_u64(page + REPLAY_COUNT, vas.len() as u64 + 1)?;
+    Ok(())
+}
+
+/// After the routine's completion exit: nothing more, so it returns to the interrupted context
+/// when the vCPU next runs.
+pub fn finish_replay(mon: &MemRegion, vcpu: usize) -> Result<(), MonitorError> {
+    mon.write_u64(REPLAY_OFF + vcpu as u64 * 0x1000 + REPLAY_COUNT, 0)?;
+    Ok(())
+}
+
+/// A monitor set-up step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The pool does not fit the monitor's pool mapping.
+    #[error("shadow pool of {pool_bytes} bytes does not fit the monitor's mapping (4 GiB)")]
+    PoolTooLarge {
+        /// Pool size.
+        pool_bytes: u64,
+    },
+    /// More SPTE addresses than one replay data page holds.
+    #[error("{0} SPTE addresses for one replay (at most {REPLAY_CAPACITY})")]
+    ReplayTooLong(usize),
+    /// Writing the monitor failed.
+    #[error("monitor memory: {0}")]
+    Mem(#[from] MemError),
 }
 
 /// The native-op gate: dispatch on EAX (see [`NATIVE_GATE_VECTOR`]). The gate clobbers RAX
@@ -208,9 +410,14 @@ fn idt_gate(handler: u64) -> [u64; 2] {
 
 /// A 16-byte interrupt gate to `handler`, IST1, with the given DPL (3: `int n` from CPL3).
 fn idt_gate_dpl(handler: u64, dpl: u64) -> [u64; 2] {
+    idt_gate_ist(handler, dpl, 1)
+}
+
+/// A 16-byte interrupt gate to `handler` with the given DPL and IST index.
+fn idt_gate_ist(handler: u64, dpl: u64, ist: u64) -> [u64; 2] {
     let lo = (handler & 0xffff)
         | (u64::from(CODE_SEL) << 16)
-        | (1 << 32) // IST1
+        | (ist << 32)
         | ((0x8e | (dpl << 5)) << 40) // present, DPL, 64-bit interrupt gate
         | (((handler >> 16) & 0xffff) << 48);
     [lo, handler >> 32]
@@ -243,6 +450,9 @@ pub fn build(mon: &MemRegion, nr_vcpus: usize) -> Result<(), MemError> {
         mon.write_u64(IDT_OFF + v * 16, lo)?;
         mon.write_u64(IDT_OFF + v * 16 + 8, hi)?;
     }
+    let [lo, hi] = idt_gate_ist(replay_entry(), 0, 0);
+    mon.write_u64(IDT_OFF + u64::from(REPLAY_VECTOR) * 16, lo)?;
+    mon.write_u64(IDT_OFF + u64::from(REPLAY_VECTOR) * 16 + 8, hi)?;
     let [lo, hi] = idt_gate_dpl(MONITOR_BASE + STUBS_OFF + NATIVE_OFF, 3);
     mon.write_u64(IDT_OFF + u64::from(NATIVE_GATE_VECTOR) * 16, lo)?;
     mon.write_u64(IDT_OFF + u64::from(NATIVE_GATE_VECTOR) * 16 + 8, hi)?;
@@ -419,6 +629,197 @@ mod tests {
             3
         );
         assert!(all.iter().all(|i| i.mnemonic() != Mnemonic::INVALID));
+    }
+
+    #[test]
+    fn replay_routine_restores_each_spte_then_reloads_cr3_exits_and_returns() {
+        use iced_x86::{Code, MemorySize, Register};
+        let code = stub_code();
+        let base = replay_entry();
+        let r = &code[REPLAY_CODE_OFF as usize..REPLAY_CODE_OFF as usize + replay_routine().len()];
+        let mut d = Decoder::with_ip(64, r, base, DecoderOptions::NONE);
+        let all: Vec<_> = std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
+        let codes: Vec<Code> = all.iter().map(|i| i.code()).collect();
+        use Code::*;
+        assert_eq!(
+            codes,
+            [
+                Push_r64,
+                Push_r64,
+                Push_r64,
+                Push_r64,
+                Push_r64, // save
+                Mov_rm64_r64,
+                And_rm64_imm32,
+                Add_rm64_imm32, // the data page
+                Mov_r64_rm64,
+                Dec_rm64,
+                Je_rel8_64, // again: the count
+                Mov_r64_rm64,
+                Or_rm8_imm8,
+                Dec_rm64,
+                Jne_rel8_64, // the stores
+                Mov_r64_cr,
+                Mov_cr_r64,
+                Mov_r32_imm32,
+                Out_DX_EAX, // CR3 reload, done
+                Mov_r64_rm64,
+                Test_rm64_r64,
+                Jne_rel8_64, // another round?
+                Pop_r64,
+                Pop_r64,
+                Pop_r64,
+                Pop_r64,
+                Pop_r64,
+                Iretq,
+            ]
+        );
+        let at = |ip: u64| all.iter().position(|i| i.ip() == ip).expect("a target");
+        // Branches: empty -> CR3 reload; loop -> next store; another round -> count reload.
+        assert_eq!(at(all[10].near_branch_target()), 15);
+        assert_eq!(at(all[14].near_branch_target()), 11);
+        assert_eq!(at(all[21].near_branch_target()), 8);
+        // Registers restored in reverse order of their saving.
+        let pushed: Vec<Register> = all[..5].iter().map(|i| i.op0_register()).collect();
+        let mut popped: Vec<Register> = all[22..27].iter().map(|i| i.op0_register()).collect();
+        popped.reverse();
+        assert_eq!(pushed, popped);
+        assert_eq!(
+            pushed,
+            [
+                Register::RAX,
+                Register::RCX,
+                Register::RDX,
+                Register::RSI,
+                Register::RDI
+            ]
+        );
+        // The data page is found from the stack, whichever way the routine was entered: from
+        // CPL3 (RSP0 = the IST top), from a stub's IST frame, nested in itself, or by hand.
+        assert_eq!(all[6].immediate32to64(), -4096);
+        for v in [0, 5, MAX_VCPUS - 1] {
+            let top = MONITOR_BASE + ist_top_off(v);
+            for rsp in [
+                top - 40 - 40,
+                top - 72 - 40 - 40,
+                top - 72 - 3 * 80,
+                MONITOR_BASE + hand_stack_top_off(v) - 40,
+            ] {
+                let page = (rsp & !0xfff).wrapping_add(all[7].immediate32to64() as u64);
+                assert_eq!(page, replay_data_va(v), "vCPU {v} rsp {rsp:#x}");
+            }
+        }
+        // Count + 1 at [rsi]; entry k (k = count..1) at [rsi + k*8], i.e. the entries array.
+        assert_eq!(
+            (all[8].memory_base(), all[8].memory_displacement64()),
+            (Register::RSI, REPLAY_COUNT)
+        );
+        let ld = &all[11];
+        assert_eq!(
+            (
+                ld.op0_register(),
+                ld.memory_base(),
+                ld.memory_index(),
+                ld.memory_index_scale(),
+                ld.memory_displacement64() + 8
+            ),
+            (
+                Register::RDI,
+                Register::RSI,
+                Register::RCX,
+                8,
+                REPLAY_ENTRIES
+            )
+        );
+        // The store: a locked OR of 0 into one byte.
+        let or = &all[12];
+        assert!(or.has_lock_prefix());
+        assert_eq!(
+            (or.memory_base(), or.memory_size(), or.immediate8()),
+            (Register::RDI, MemorySize::UInt8, 0)
+        );
+        assert_eq!(all[16].op0_register(), Register::CR3);
+        assert_eq!(all[17].immediate32(), u32::from(REPLAY_DONE_PORT));
+    }
+
+    #[test]
+    fn the_replay_vector_enters_the_routine_without_an_ist_and_counts_read_back() {
+        let mon = new_region(MONITOR_SIZE).unwrap();
+        build(&mon, 3).unwrap();
+        let lo = mon
+            .read_u64(IDT_OFF + u64::from(REPLAY_VECTOR) * 16)
+            .unwrap();
+        let hi = mon
+            .read_u64(IDT_OFF + u64::from(REPLAY_VECTOR) * 16 + 8)
+            .unwrap();
+        let handler = (lo & 0xffff) | (((lo >> 48) & 0xffff) << 16) | (hi << 32);
+        assert_eq!(handler, replay_entry());
+        assert_eq!((lo >> 32) & 7, 0, "no IST: nested entries stack up");
+        assert_eq!((lo >> 45) & 3, 0, "DPL0: the guest cannot raise it");
+        // From CPL3 the CPU switches to RSP0, the vCPU's IST top.
+        let mut rsp0 = [0u8; 8];
+        mon.read_bytes(TSS_OFF + 2 * TSS_STRIDE + 4, &mut rsp0)
+            .unwrap();
+        assert_eq!(u64::from_le_bytes(rsp0), MONITOR_BASE + ist_top_off(2));
+        // Count and entries; finishing zeroes the count.
+        write_replay(&mon, 2, &[0xaa, 0xbb]).unwrap();
+        let page = REPLAY_OFF + 2 * 0x1000;
+        assert_eq!(mon.read_u64(page + REPLAY_COUNT).unwrap(), 3, "count + 1");
+        assert_eq!(mon.read_u64(page + REPLAY_ENTRIES + 8).unwrap(), 0xbb);
+        finish_replay(&mon, 2).unwrap();
+        assert_eq!(mon.read_u64(page + REPLAY_COUNT).unwrap(), 0);
+        // A round of no entries (only the CR3 reload) is still a round.
+        write_replay(&mon, 2, &[]).unwrap();
+        assert_eq!(mon.read_u64(page + REPLAY_COUNT).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_pool_is_mapped_supervisor_only_with_2m_pages_and_addresses_agree() {
+        let mon = new_region(MONITOR_SIZE).unwrap();
+        build(&mon, 2).unwrap();
+        let base = 64 << 20;
+        map_pool(&mon, base, 4096 * 4096 + 4096).unwrap();
+        // 16 MiB + 4 KiB: nine 2 MiB pages in the first PD.
+        assert_eq!(
+            mon.read_u64(PDPT_OFF + 8).unwrap(),
+            (MONITOR_GPA + POOL_PD_OFF) | pte::P | pte::W
+        );
+        assert_eq!(mon.read_u64(PDPT_OFF + 16).unwrap(), 0);
+        for i in 0..9 {
+            let e = mon.read_u64(POOL_PD_OFF + i * 8).unwrap();
+            assert_eq!(e & pte::ADDR_MASK, base + i * HUGE);
+            assert_eq!(
+                e & (pte::P | pte::PS | pte::U | pte::NX),
+                pte::P | pte::PS | pte::NX
+            );
+        }
+        assert_eq!(mon.read_u64(POOL_PD_OFF + 9 * 8).unwrap(), 0);
+        // The VA of an SPTE walks (PML4 511, PDPT 1, PD i, 2 MiB offset) back to its mpa.
+        let mpa = base + 5 * HUGE + 0x1238;
+        let va = pool_va(base, mpa);
+        assert_eq!((va >> 39) & 511, 511);
+        assert_eq!((va >> 30) & 511, 1);
+        let pde = mon.read_u64(POOL_PD_OFF + ((va >> 21) & 511) * 8).unwrap();
+        assert_eq!((pde & pte::ADDR_MASK) + (va & (HUGE - 1)), mpa);
+        // A pool beyond 4 GiB, or an overflowing one, is refused.
+        assert!(matches!(
+            map_pool(&mon, 0, 5 << 30),
+            Err(MonitorError::PoolTooLarge { .. })
+        ));
+        assert!(map_pool(&mon, u64::MAX - 4096, 8192).is_err());
+        assert!(matches!(
+            write_replay(&mon, 0, &[0; REPLAY_CAPACITY + 1]),
+            Err(MonitorError::ReplayTooLong(_))
+        ));
+        // An SPTE entry stores to the SPTE's first byte, a page entry to the page's second.
+        assert_eq!(ReplayEntry::Spte(mpa).va(base), va & !7);
+        assert_eq!(ReplayEntry::Page(mpa).va(base), (va & !0xfff) + 1);
+        write_replay(&mon, 1, &[va, va + 8]).unwrap();
+        assert_eq!(
+            mon.read_u64(REPLAY_OFF + 0x1000 + REPLAY_ENTRIES + 8)
+                .unwrap(),
+            va + 8
+        );
     }
 
     #[test]

@@ -189,6 +189,8 @@ pub struct ExitCounts {
     pub emulated_out: u64,
     /// KVM_RUN returns with EINTR (kicks).
     pub kicked: u64,
+    /// Host-coherence replays entered by hand because an event was in flight (`kvm::vcpu`).
+    pub replay_by_hand: u64,
     /// Other exits.
     pub other: u64,
 }
@@ -352,6 +354,8 @@ pub struct RunResult {
     pub mmu_stats: Option<serde_json::Value>,
     /// Host coherence flushes (pool memslot cycles) the `kvm` backend needed.
     pub host_flushes: Option<u64>,
+    /// How the `kvm` backend kept the host coherent, with its counts.
+    pub host_coherence: Option<super::shadow::HostCoherenceStats>,
 }
 
 impl RunResult {

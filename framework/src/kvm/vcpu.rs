@@ -10,7 +10,7 @@ use shadowlab_workloads::layout::DIRECT_MAP_BASE;
 use super::emulate::Gprs;
 use super::error::KvmError;
 use super::exit::{complete_emulation, handle_exit, DecodedExit, ExitAction, ExitState};
-use super::hooks::MmuHooks;
+use super::hooks::{GuestContext, HookError, MmuHooks};
 use super::kick::{make_all_cpus_request, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
 use super::monitor;
 use super::report::{FailureKind, FaultTiming, GuestFailure, GuestRegs, VcpuReport};
@@ -113,6 +113,221 @@ pub fn refused_out<M: GuestPhys + ?Sized>(
         _ => return None,
     };
     matches!(port, UCALL_PORT | NOP_PORT).then_some((port, frame.rip + len))
+}
+
+/// The vCPU as [`GuestContext`]: runs monitor code on it between two guest entries.
+struct MonitorContext<'a> {
+    vcpu: &'a mut VcpuFd,
+    index: usize,
+    monitor: &'a MemRegion,
+    kick: &'a VcpuKick,
+    /// Replays entered by hand ([`run_replay_by_hand`]), counted into the vCPU's exits.
+    by_hand: u64,
+    /// The vCPU is parked at the replay routine's completion exit (no KVM_RUN since): the
+    /// vCPU loop clears it before every guest entry.
+    parked: &'a mut bool,
+}
+
+impl GuestContext for MonitorContext<'_> {
+    fn replay_sptes(
+        &mut self,
+        vas: &[u64],
+        cr3: Option<u64>,
+        by_hand: bool,
+    ) -> Result<(), HookError> {
+        let mut cr3 = cr3;
+        let mut chunks = vas.chunks(monitor::REPLAY_CAPACITY).peekable();
+        if chunks.peek().is_none() {
+            return run_replay(self, &[], cr3, by_hand).map_err(|e| HookError(e.to_string()));
+        }
+        for chunk in chunks {
+            run_replay(self, chunk, cr3.take(), by_hand).map_err(|e| HookError(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// One round of the monitor's replay routine over `vas` (at most `REPLAY_CAPACITY`), on
+/// hardware CR3 `cr3` if given. Returns at the routine's completion exit: the vCPU is then
+/// parked inside the routine, which returns to the interrupted context (`iretq`) when the
+/// vCPU next runs, or takes another round if one is written first.
+///
+/// Entry: the VMM injects [`monitor::REPLAY_VECTOR`] (KVM_SET_VCPU_EVENTS), so the CPU itself
+/// saves the interrupted context (CPL3 guest code, or a monitor stub between its `out` and
+/// its `iretq`: the gate's IST2 leaves the stub's IST1 frame alone) and the routine returns to
+/// it. Only if another event is already on its way into the guest (a kick can stop the vCPU
+/// between the host queueing a #PF and delivering it) does the VMM enter the routine by hand
+/// ([`run_replay_by_hand`]).
+fn run_replay(
+    ctx: &mut MonitorContext<'_>,
+    vas: &[u64],
+    cr3: Option<u64>,
+    by_hand: bool,
+) -> Result<(), KvmError> {
+    let index = ctx.index;
+    if let Some(cr3) = cr3 {
+        set_cr3(ctx.vcpu, index, cr3)?;
+    }
+    monitor::write_replay(ctx.monitor, index, vas)?;
+    // Parked at the completion exit of the previous round (no KVM_RUN since): the routine
+    // re-reads the count when resumed. Otherwise enter it (again: nesting is safe).
+    if !std::mem::take(ctx.parked) {
+        let mut events = ctx
+            .vcpu
+            .get_vcpu_events()
+            .map_err(|source| KvmError::VcpuEvents {
+                vcpu: index,
+                source,
+            })?;
+        if by_hand || event_in_flight(&events) {
+            return run_replay_by_hand(ctx, events);
+        }
+        events.exception.injected = 1;
+        events.exception.nr = monitor::REPLAY_VECTOR;
+        events.exception.has_error_code = 0;
+        events.exception.error_code = 0;
+        ctx.vcpu
+            .set_vcpu_events(&events)
+            .map_err(|source| KvmError::VcpuEvents {
+                vcpu: index,
+                source,
+            })?;
+    }
+    run_until_replay_done(ctx)?;
+    monitor::finish_replay(ctx.monitor, index)?;
+    *ctx.parked = true;
+    Ok(())
+}
+
+/// Whether an exception, interrupt or NMI is already being delivered to the guest.
+fn event_in_flight(e: &kvm_bindings::kvm_vcpu_events) -> bool {
+    e.exception.injected != 0
+        || e.exception.pending != 0
+        || e.interrupt.injected != 0
+        || e.nmi.injected != 0
+}
+
+/// KVM_RUN until the replay routine's completion exit (kicks meanwhile are retried: their
+/// requests are handled before the next guest entry).
+fn run_until_replay_done(ctx: &mut MonitorContext<'_>) -> Result<(), KvmError> {
+    let index = ctx.index;
+    loop {
+        match ctx.vcpu.run() {
+            Ok(VcpuExit::IoOut(monitor::REPLAY_DONE_PORT, _)) => return Ok(()),
+            Ok(other) => {
+                return Err(KvmError::Replay {
+                    vcpu: index,
+                    what: format!("{other:?}"),
+                })
+            }
+            Err(e) if e.errno() == libc::EINTR => ctx.kick.clear_immediate_exit(),
+            Err(source) => {
+                return Err(KvmError::Run {
+                    vcpu: index,
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// The replay routine entered by hand, for when an event is in flight (`events`): the
+/// interrupted context is saved with KVM_GET_REGS/SREGS, the event set aside, the vCPU put at
+/// the routine's entry at CPL0 on a stack in the middle of its IST page, and after the
+/// completion exit everything is put back (the routine's own `iretq` is not used). Before registers may be changed, the exit
+/// the vCPU is in must be completed: KVM finishes an `out` (skipping it) or an MMIO store at
+/// the next KVM_RUN, which a KVM_RUN with `immediate_exit` does (KVM's API documentation).
+fn run_replay_by_hand(
+    ctx: &mut MonitorContext<'_>,
+    events: kvm_bindings::kvm_vcpu_events,
+) -> Result<(), KvmError> {
+    let index = ctx.index;
+    ctx.kick.set_immediate_exit();
+    let completed = ctx.vcpu.run();
+    ctx.kick.clear_immediate_exit();
+    match completed {
+        Err(e) if e.errno() == libc::EINTR => {}
+        Ok(other) => {
+            return Err(KvmError::Replay {
+                vcpu: index,
+                what: format!("{other:?} while completing the previous exit"),
+            })
+        }
+        Err(source) => {
+            return Err(KvmError::Run {
+                vcpu: index,
+                source,
+            })
+        }
+    }
+    let mut quiet = events;
+    quiet.exception.injected = 0;
+    quiet.exception.pending = 0;
+    quiet.interrupt.injected = 0;
+    quiet.nmi.injected = 0;
+    let set_events = |vcpu: &VcpuFd, e: &kvm_bindings::kvm_vcpu_events| {
+        vcpu.set_vcpu_events(e)
+            .map_err(|source| KvmError::VcpuEvents {
+                vcpu: index,
+                source,
+            })
+    };
+    set_events(ctx.vcpu, &quiet)?;
+    let regs = ctx.vcpu.get_regs().map_err(|source| KvmError::GetRegs {
+        vcpu: index,
+        source,
+    })?;
+    let sregs = ctx.vcpu.get_sregs().map_err(|source| KvmError::GetSregs {
+        vcpu: index,
+        source,
+    })?;
+    let mut r = regs;
+    r.rip = monitor::replay_entry();
+    r.rsp = shadowlab_workloads::layout::MONITOR_BASE + monitor::hand_stack_top_off(index);
+    r.rflags = 0x2;
+    let mut s = sregs;
+    // The monitor's flat 64-bit kernel code and data segments (as `monitor`'s GDT has them).
+    s.cs = kvm_bindings::kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: monitor::CODE_SEL,
+        type_: 0xb,
+        present: 1,
+        dpl: 0,
+        db: 0,
+        s: 1,
+        l: 1,
+        g: 1,
+        ..Default::default()
+    };
+    s.ss = kvm_bindings::kvm_segment {
+        selector: monitor::DATA_SEL,
+        type_: 0x3,
+        db: 1,
+        l: 0,
+        ..s.cs
+    };
+    let set = |vcpu: &VcpuFd,
+               s: &kvm_bindings::kvm_sregs,
+               r: &kvm_bindings::kvm_regs|
+     -> Result<(), KvmError> {
+        vcpu.set_sregs(s).map_err(|source| KvmError::SetSregs {
+            vcpu: index,
+            source,
+        })?;
+        vcpu.set_regs(r).map_err(|source| KvmError::SetRegs {
+            vcpu: index,
+            source,
+        })
+    };
+    set(ctx.vcpu, &s, &r)?;
+    run_until_replay_done(ctx)?;
+    set(ctx.vcpu, &sregs, &regs)?;
+    set_events(ctx.vcpu, &events)?;
+    // The routine never reaches its own exit path: the vCPU is back where it was.
+    monitor::finish_replay(ctx.monitor, index)?;
+    ctx.by_hand += 1;
+    Ok(())
 }
 
 fn regs_of(vcpu: &VcpuFd) -> Option<GuestRegs> {
@@ -218,11 +433,24 @@ where
             Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.0))))),
         }
     }
-    match sh.mmu.before_entry(index) {
+    let mut ctx = MonitorContext {
+        vcpu,
+        index,
+        monitor: sh.monitor,
+        kick,
+        by_hand: 0,
+        parked: &mut st.replay_parked,
+    };
+    let entry = sh.mmu.before_entry(index, &mut ctx);
+    let by_hand = ctx.by_hand;
+    st.exits.replay_by_hand += by_hand;
+    match entry {
         Ok(Some(cr3)) => set_cr3(vcpu, index, cr3)?,
         Ok(None) => {}
         Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.0))))),
     }
+    // Whatever this run does, a parked replay routine may resume (and return to the guest).
+    st.replay_parked = false;
     let ran = vcpu.run();
     sh.mmu.after_exit(index);
     let decoded = match ran {

@@ -177,6 +177,10 @@ impl Vm {
         }
         vm.add_memslot(MONITOR_SLOT, MONITOR_GPA, &vm.monitor)?;
         monitor::build(&vm.monitor, nr_vcpus)?;
+        if let Ram::Shadowed(m) = &vm.ram {
+            // The replay routine stores to SPTEs through this mapping (`kvm::shadow`).
+            monitor::map_pool(&vm.monitor, m.pool_base(), m.pool_frames() * 4096)?;
+        }
         Ok(vm)
     }
 

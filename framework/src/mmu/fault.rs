@@ -302,7 +302,20 @@ impl<P: SyncPolicy> Mmu<P> {
             }
         };
         let p = self.sp(sp);
+        // A recycled root still holds the monitor's entry (a zap leaves it): the zeroing
+        // clears it, which the host must hear about like any other clear (logged after it, as
+        // in `store_spte`).
+        let monitor_slot = SpteRef {
+            sp,
+            index: layout::MONITOR_SLOT as u16,
+        };
+        let old_monitor_slot = if self.host_coherence_log_enabled() {
+            self.load_spte(monitor_slot)
+        } else {
+            0
+        };
         self.mem.region().zero(p.spt, 4096)?;
+        self.log_spte_change(monitor_slot, old_monitor_slot, 0);
         p.init(gfn, role);
         let s = &mut st.sp[sp.0 as usize];
         *s = SpState {

@@ -9,6 +9,8 @@
 //! let mmu  = Mmu::<BuildPolicy>::new(mem.clone(), nr_vcpus)?;
 //! mmu.link_monitor(pml4e);                       // kvm: slot 511 of every shadow root
 //! mmu.set_kicker(|vcpu| ..);                      // kvm: force a vCPU out of KVM_RUN
+//! mmu.enable_host_coherence_log();                // kvm: log SPTE changes the host can't see
+//! mmu.take_host_coherence_log() -> Vec<u64>       //   their pool addresses, at a TLB flush
 //! let mut v = mmu.vcpu(id)?;                      // VcpuMmu, owned by the vCPU thread
 //!
 //! mmu.kvm_mmu_new_pgd(&mut v, cr3)?;              // guest CR3 load: switch root + sync roots
@@ -72,6 +74,7 @@
 //! inspection; no lock for `is_unsync_root` and the cached-root switch.
 
 mod audit;
+mod coherence;
 mod fault;
 pub mod lock;
 mod page;
@@ -177,6 +180,7 @@ pub struct Mmu<P: SyncPolicy> {
     global: CounterBlock,
     monitor_pml4e: AtomicU64,
     kicker: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
+    host_log: OnceLock<coherence::CoherenceLog>,
     _policy: PhantomData<P>,
 }
 
@@ -214,6 +218,7 @@ impl<P: SyncPolicy> Mmu<P> {
             global: CounterBlock::default(),
             monitor_pml4e: AtomicU64::new(0),
             kicker: OnceLock::new(),
+            host_log: OnceLock::new(),
             mem,
             _policy: PhantomData,
         })
@@ -326,23 +331,39 @@ impl<P: SyncPolicy> Mmu<P> {
     }
 
     /// Stores an SPTE. `Release` so a walker that follows a new link sees the zeroed table
-    /// (`mmu_spte_set`; on x86 a plain store).
+    /// (`mmu_spte_set`; on x86 a plain store). A change the host cannot see is logged
+    /// ([`coherence`]).
+    ///
+    /// The change is logged after the store: a vCPU replaying the log concurrently must not
+    /// take the entry while the SPTE still holds its old value (the host would re-cache that,
+    /// and the entry would be gone). Logged after, the entry is replayed either by a replay
+    /// that sees the new value or by the next one.
     #[inline]
     fn store_spte(&self, r: SpteRef, v: u64) {
+        let old = if self.host_log.get().is_some() {
+            self.load_spte(r)
+        } else {
+            0
+        };
         let _ = self
             .mem
             .region()
             .store_u64(self.spte_mpa(r), v, Ordering::Release);
+        self.log_spte_change(r, old, v);
     }
 
     /// Atomically clears an SPTE, returning the old value (A/D bits set by a concurrent walker
-    /// are not lost: KVM's `mmu_spte_clear_track_bits`).
+    /// are not lost: KVM's `mmu_spte_clear_track_bits`). A present one is logged for the host
+    /// ([`coherence`]).
     #[inline]
     fn clear_spte(&self, r: SpteRef) -> u64 {
-        self.mem
+        let old = self
+            .mem
             .region()
             .swap_u64(self.spte_mpa(r), 0, Ordering::AcqRel)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        self.log_spte_change(r, old, 0);
+        old
     }
 
     /// The shadow page a non-leaf SPTE points at.

@@ -67,6 +67,7 @@ impl<P: SyncPolicy> Mmu<P> {
                 .fetch_and_u64(self.spte_mpa(r), !SPTE_W, Ordering::AcqRel)
                 .unwrap_or(0);
             changed |= old & SPTE_W != 0;
+            self.log_spte_change(r, old, old & !SPTE_W);
         }
         if changed {
             c.inc(Counter::write_protects);

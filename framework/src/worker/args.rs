@@ -14,6 +14,15 @@ pub enum Backend {
     Native,
 }
 
+/// `--host-coherence` (see `kvm::HostCoherence`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HostCoherenceArg {
+    /// Re-store the changed SPTEs in guest context through the monitor, then reload CR3.
+    Replay,
+    /// Delete and re-add the shadow pool's memslot with every vCPU parked.
+    CycleSlot,
+}
+
 /// `shadowlab-vmm`: runs one workload on one backend with the shadow-sync policy this binary
 /// was built with, and prints one JSON result on stdout.
 #[derive(Parser, Debug, Clone)]
@@ -49,6 +58,15 @@ pub struct WorkerArgs {
     /// Watchdog for the kvm and native backends, seconds: a run not done by then fails.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_s: u64,
+    /// `kvm` backend: how the host is kept coherent with SPTE changes: `replay` (re-store the
+    /// changed SPTEs in guest context, the default) or `cycle-slot` (delete and re-add the
+    /// pool's memslot with the vCPUs parked; the slower first design, for comparison).
+    #[arg(long, value_enum, default_value_t = HostCoherenceArg::Replay)]
+    pub host_coherence: HostCoherenceArg,
+    /// `--host-coherence replay`: a pool page with at least this many changed SPTEs in one
+    /// replay is dropped by the host as a whole (one store) rather than entry by entry.
+    #[arg(long, default_value_t = crate::kvm::DEFAULT_REPLAY_PAGE_ZAP_MIN as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub replay_page_zap_min: u64,
     /// Allow running a build of an UNSOUND policy (the no-barrier negative control).
     #[arg(long)]
     pub allow_unsound: bool,

@@ -10,7 +10,7 @@ mod result;
 mod run_kvm;
 mod run_sim;
 
-pub use args::{Backend, WorkerArgs};
+pub use args::{Backend, HostCoherenceArg, WorkerArgs};
 pub use result::{LatencySummary, PolicyRecord, VcpuResult, Verdict, WorkerResult};
 
 use shadowlab_workloads::{Params, Workload};

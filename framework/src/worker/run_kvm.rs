@@ -4,10 +4,13 @@ use std::time::Duration;
 
 use shadowlab_workloads::{Histogram, Run, Workload};
 
+use super::args::HostCoherenceArg;
 use super::result::{ParamsRecord, VcpuResult, Verdict, WorkerResult};
 use super::{Backend, WorkerArgs, WorkerError};
 use crate::kvm::report::WorkloadReport;
-use crate::kvm::{run_kvm_reports, run_native_reports, GuestParams, KvmError, RunConfig};
+use crate::kvm::{
+    run_kvm_reports, run_native_reports, GuestParams, HostCoherence, KvmError, RunConfig,
+};
 use crate::{BuildPolicy, BUILD_POLICY};
 
 /// The guest's report as the workloads crate's histogram, so every backend's latencies are
@@ -57,6 +60,11 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
         ram_size: args.ram_mib << 20,
         timeout: Duration::from_secs(args.timeout_s),
         pool_pages: args.pool_pages,
+        host_coherence: match args.host_coherence {
+            HostCoherenceArg::Replay => HostCoherence::Replay,
+            HostCoherenceArg::CycleSlot => HostCoherence::CycleSlot,
+        },
+        replay_page_zap_min: usize::try_from(args.replay_page_zap_min).unwrap_or(usize::MAX),
         ..RunConfig::default()
     };
     let params = workload.params();
@@ -123,6 +131,7 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
         "kvm_vm_stats": run.kvm_vm_stats,
         "kvm_vcpu_stats": run.kvm_vcpu_stats,
         "host_coherence_flushes": run.host_flushes,
+        "host_coherence": run.host_coherence,
         "exits": run.vcpus.iter().map(|v| &v.exits).collect::<Vec<_>>(),
         "fault_handling": run.vcpus.iter().map(|v| &v.fault_handling).collect::<Vec<_>>(),
     });
