@@ -2,9 +2,10 @@
 
 use serde::Serialize;
 use shadowlab_policies::{PolicyInfo, Soundness};
-use shadowlab_workloads::{Histogram, Report};
+use shadowlab_workloads::{Histogram, Report, Run, Workload};
 
-use super::Backend;
+use super::{Backend, WorkerArgs};
+use crate::BUILD_POLICY;
 
 /// The policy a binary was built with, as recorded in every result.
 #[derive(Clone, Debug, Serialize)]
@@ -132,6 +133,61 @@ pub struct ParamsRecord {
     pub seed: u64,
     /// Size knob.
     pub size: u64,
+}
+
+impl WorkerResult {
+    /// A result for `workload` on `backend` that has not run yet: verdict `fail`, no failure
+    /// message, counts zero. The backend fills it in and calls [`WorkerResult::conclude`].
+    pub fn new(args: &WorkerArgs, workload: &Workload, backend: Backend) -> Self {
+        let params = workload.params();
+        let vcpus = args.vcpus as usize;
+        WorkerResult {
+            worker: format!("shadowlab-vmm {}", env!("CARGO_PKG_VERSION")),
+            policy: BUILD_POLICY.into(),
+            backend,
+            workload: workload.name(),
+            vcpus,
+            params: ParamsRecord {
+                iters: params.iters,
+                seed: params.seed,
+                size: params.size,
+            },
+            ram_mib: args.ram_mib,
+            pool_pages: args.pool_pages,
+            verdict: Verdict::Fail,
+            failure: None,
+            ops: 0,
+            // Every vCPU runs the workload and reports `expected_ops` (the multi-vCPU one
+            // counts its rounds on every vCPU too).
+            expected_ops: workload.expected_ops() * vcpus as u64,
+            elapsed_ns: 0,
+            per_vcpu: Vec::new(),
+            mmu: None,
+            backend_stats: serde_json::Value::Null,
+        }
+    }
+
+    /// Adds one vCPU's report.
+    pub fn add_vcpu(&mut self, report: &Report, unit: &'static str) {
+        self.ops += report.ops;
+        self.per_vcpu.push(VcpuResult::of(report, unit));
+    }
+
+    /// Sets the verdict: `pass` only if no vCPU failed and the op count is the one the
+    /// parameters imply.
+    pub fn conclude(&mut self, mut failures: Vec<String>) {
+        if failures.is_empty() && self.ops != self.expected_ops {
+            failures.push(format!(
+                "op count {} differs from the {} the parameters imply",
+                self.ops, self.expected_ops
+            ));
+        }
+        if failures.is_empty() {
+            self.verdict = Verdict::Pass;
+        } else {
+            self.failure = Some(failures.join("; "));
+        }
+    }
 }
 
 /// One run, as printed on stdout.

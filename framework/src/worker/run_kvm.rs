@@ -2,43 +2,39 @@
 
 use std::time::Duration;
 
-use shadowlab_workloads::{Histogram, Run, Workload};
+use shadowlab_workloads::{Histogram, Report, Workload};
 
 use super::args::HostCoherenceArg;
-use super::result::{ParamsRecord, VcpuResult, Verdict, WorkerResult};
+use super::result::WorkerResult;
 use super::{Backend, WorkerArgs, WorkerError};
 use crate::kvm::report::WorkloadReport;
 use crate::kvm::{
     run_kvm_reports, run_native_reports, GuestParams, HostCoherence, KvmError, RunConfig,
 };
-use crate::{BuildPolicy, BUILD_POLICY};
+use crate::BuildPolicy;
 
-/// The guest's report as the workloads crate's histogram, so every backend's latencies are
-/// summarised by the same code.
-fn histogram(r: &WorkloadReport) -> Histogram {
-    let mut h = Histogram::new();
-    for (b, n) in r.latency_buckets.iter().enumerate().take(h.buckets.len()) {
-        h.buckets[b] = *n;
+/// The guest's report, as it crossed the ucall ABI, back in the workloads crate's type, so
+/// every backend's reports are summarised by the same code.
+fn to_report(r: &WorkloadReport) -> Report {
+    let mut latency = Histogram::new();
+    for (b, n) in r.latency_buckets.iter().zip(latency.buckets.iter_mut()) {
+        *n = *b;
     }
-    h.count = r.latency_count;
-    h.sum = r.latency_sum;
-    h.min = r.latency_min;
-    h.max = r.latency_max;
-    h
-}
-
-fn vcpu_result(r: &WorkloadReport) -> VcpuResult {
-    let mut v = VcpuResult::of(&Default::default(), "tsc");
-    v.vcpu = r.vcpu as usize;
-    v.ops = r.ops;
-    v.checks = r.checks;
-    v.pte_writes = r.pte_writes;
-    v.cr3_loads = r.cr3_loads;
-    v.invlpgs = r.invlpgs;
-    v.tlb_flushes = r.tlb_flushes;
-    v.hypercalls = r.hypercalls;
-    v.latency = super::LatencySummary::of(&histogram(r), "tsc");
-    v
+    latency.count = r.latency_count;
+    latency.sum = r.latency_sum;
+    latency.min = r.latency_min;
+    latency.max = r.latency_max;
+    Report {
+        vcpu: r.vcpu as usize,
+        ops: r.ops,
+        checks: r.checks,
+        pte_writes: r.pte_writes,
+        cr3_loads: r.cr3_loads,
+        invlpgs: r.invlpgs,
+        tlb_flushes: r.tlb_flushes,
+        hypercalls: r.hypercalls,
+        latency,
+    }
 }
 
 /// Runs `workload` on /dev/kvm: on our shadow MMU with the build's policy (`kvm`), or on the
@@ -67,29 +63,7 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
         replay_page_zap_min: usize::try_from(args.replay_page_zap_min).unwrap_or(usize::MAX),
         ..RunConfig::default()
     };
-    let params = workload.params();
-    let mut result = WorkerResult {
-        worker: format!("shadowlab-vmm {}", env!("CARGO_PKG_VERSION")),
-        policy: BUILD_POLICY.into(),
-        backend,
-        workload: workload.name(),
-        vcpus: config.nr_vcpus,
-        params: ParamsRecord {
-            iters: params.iters,
-            seed: params.seed,
-            size: params.size,
-        },
-        ram_mib: args.ram_mib,
-        pool_pages: args.pool_pages,
-        verdict: Verdict::Fail,
-        failure: None,
-        ops: 0,
-        expected_ops: workload.expected_ops() * config.nr_vcpus as u64,
-        elapsed_ns: 0,
-        per_vcpu: Vec::new(),
-        mmu: None,
-        backend_stats: serde_json::Value::Null,
-    };
+    let mut result = WorkerResult::new(args, workload, backend);
     let guest = GuestParams::workload(workload);
     let run = match backend {
         Backend::Native => run_native_reports(&config, &guest),
@@ -110,20 +84,11 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
     for v in &run.vcpus {
         match &v.outcome {
             Ok(done) => match &done.report {
-                Some(r) => {
-                    result.ops += r.ops;
-                    result.per_vcpu.push(vcpu_result(r));
-                }
+                Some(r) => result.add_vcpu(&to_report(r), "tsc"),
                 None => failures.push(format!("vCPU {}: DONE without a workload report", v.vcpu)),
             },
             Err(f) => failures.push(format!("vCPU {}: {f}", v.vcpu)),
         }
-    }
-    if failures.is_empty() && result.ops != result.expected_ops {
-        failures.push(format!(
-            "op count {} differs from the {} the parameters imply",
-            result.ops, result.expected_ops
-        ));
     }
     result.backend_stats = serde_json::json!({
         "host_cpus": run.host_cpus,
@@ -135,10 +100,6 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
         "exits": run.vcpus.iter().map(|v| &v.exits).collect::<Vec<_>>(),
         "fault_handling": run.vcpus.iter().map(|v| &v.fault_handling).collect::<Vec<_>>(),
     });
-    if failures.is_empty() {
-        result.verdict = Verdict::Pass;
-    } else {
-        result.failure = Some(failures.join("; "));
-    }
+    result.conclude(failures);
     Ok(result)
 }
