@@ -40,7 +40,7 @@ pub fn run(args: &VerifyArgs) -> ExitCode {
         for c in wrong {
             eprintln!(
                 "shadowlab verify: error: {} under {}: expected {:?}, got {}",
-                c.policy.name,
+                c.policy.label(),
                 c.walker.name(),
                 c.expected,
                 c.verdict.cell()
@@ -116,7 +116,7 @@ fn print_matrix(out: &mut impl Write, cells: &[Cell], interleavings: bool) -> st
         writeln!(
             out,
             "  {:<name_w$}  {:<32} {:>8.1} ms   {:>3} / {:>3} / {:>3}",
-            c.policy.name,
+            c.policy.label(),
             c.walker.name(),
             c.elapsed.as_secs_f64() * 1e3,
             cov.write_faulted,

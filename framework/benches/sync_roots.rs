@@ -15,11 +15,18 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use shadowlab_framework::sim::{SimConfig, SimCpu, SimVm};
-use shadowlab_policies::{AcquireLoad, AlwaysLock, NoBarrier, RmbFence, SeqCstFence, SyncPolicy};
+use shadowlab_policies::{
+    AcquireLoad, AlwaysLock, NoBarrier, PolicyInfo, RmbFence, SeqCstFence, SyncPolicy,
+};
 use shadowlab_workloads::layout::{direct_map, WORKLOAD_BASE};
 use shadowlab_workloads::{Cpu, Flags, FrameAlloc, PageTables};
 
 const FAULT_PAGES: u64 = 64;
+
+/// The policy's name, with the UNSOUND label where it applies.
+fn label<P: SyncPolicy>() -> &'static str {
+    PolicyInfo::of::<P>().label()
+}
 
 fn vm<P: SyncPolicy>() -> SimVm<P> {
     SimVm::<P>::new(&SimConfig {
@@ -59,7 +66,7 @@ fn one_thread<P: SyncPolicy>(c: &mut Criterion, group: &str) {
     settle(&mut cpu);
     let mmu = vm.mmu();
     c.benchmark_group(group)
-        .bench_function(BenchmarkId::new("1-thread", P::NAME), |b| {
+        .bench_function(BenchmarkId::new("1-thread", label::<P>()), |b| {
             b.iter(|| mmu.kvm_mmu_sync_roots(black_box(cpu.vcpu_mmu())))
         });
 }
@@ -90,7 +97,7 @@ fn two_threads_with_faulter<P: SyncPolicy>(c: &mut Criterion, group: &str) {
             }
         });
         c.benchmark_group(group).bench_function(
-            BenchmarkId::new("2-threads+faulter", P::NAME),
+            BenchmarkId::new("2-threads+faulter", label::<P>()),
             |b| {
                 b.iter_custom(|iters| {
                     let per_thread: Vec<Duration> = std::thread::scope(|s| {
