@@ -193,7 +193,7 @@ mod tests {
             pte::P | pte::A | (1 << 47),       // reserved address bit
             mem.ram_bytes() | pte::P | pte::A, // beyond RAM
             mem.pool_base() | pte::P | pte::A, // the shadow pool
-            mem.pool_base() + PAGE | pte::P | pte::A,
+            (mem.pool_base() + PAGE) | pte::P | pte::A,
             mem.monitor_mpa() | pte::P | pte::A, // the monitor
         ];
         for b in bad {
