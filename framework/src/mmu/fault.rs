@@ -38,7 +38,8 @@ impl<P: SyncPolicy> Mmu<P> {
     /// Walks the guest tables without the lock (setting guest A/D bits), then under the write
     /// lock refills the pool, checks the root and that no guest PTE of the walk changed
     /// (`FNAME(gpte_changed)`), and links shadow pages down to the leaf. Differs from KVM: no
-    /// large pages, no MMIO/async page faults; the monitor's PML4 slot is never the guest's, so an access there is a protection fault.
+    /// large pages, no MMIO/async page faults; the monitor's PML4 slot is never the guest's,
+    /// so an access there is a protection fault.
     pub fn page_fault(
         &self,
         v: &mut VcpuMmu,

@@ -49,8 +49,8 @@
 //!   level by level (`kvm_mmu_get_page`, `link_shadow_page`) and sets the leaf
 //!   (`mmu_set_spte`), then fills the leaf's not-present neighbours (an aligned group of
 //!   [`PTE_PREFETCH_NUM`]) from the guest table where their guest PTEs are valid and Accessed
-//!   (`FNAME(pte_prefetch)`). Every gfn shadowed as a page table is write-protected (`account_shadowed`
-//!   → `rmap_write_protect`, with a remote TLB flush).
+//!   (`FNAME(pte_prefetch)`). Every gfn shadowed as a page table is write-protected
+//!   (`account_shadowed` → `rmap_write_protect`, with a remote TLB flush).
 //! - A write fault on a write-protected *leaf* guest table unsyncs it
 //!   (`mmu_try_to_unsync_pages`): `sp.unsync = true`, parents' `unsync_children`, then
 //!   `fence(Release)` (smp_wmb), then SPTE.W = 1. Any other write to a shadowed gfn is emulated

@@ -15,11 +15,11 @@ impl<P: SyncPolicy> Mmu<P> {
     /// `true` if `gfn` is not shadowed as a page table, or every shadow page of it is a leaf
     /// (level 1) page and `can_unsync`, and, for a `prefetch` (a speculative SPTE, not the
     /// faulting access: [`Mmu::pte_prefetch`]), every one is already unsync (KVM returns
-    /// `-EEXIST` there: a prefetch never unsyncs). Those not yet unsync are marked unsync (with their
-    /// parents' `unsync_children`), then **`fence(Release)`** (smp_wmb) orders those flag
-    /// stores before the caller's store of SPTE.W = 1. A vCPU whose walk then sees W = 1 and
-    /// later flushes must see the flags in `is_unsync_root`: that is the pairing the build's
-    /// policy provides on the reader side. `false` means the SPTE stays write-protected.
+    /// `-EEXIST` there: a prefetch never unsyncs). Those not yet unsync are marked unsync
+    /// (with their parents' `unsync_children`), then **`fence(Release)`** (smp_wmb) orders
+    /// those flag stores before the caller's store of SPTE.W = 1. A vCPU whose walk then sees
+    /// W = 1 and later flushes must see the flags in `is_unsync_root`: that is the pairing the
+    /// build's policy provides on the reader side. `false` means the SPTE stays write-protected.
     ///
     /// Differs from KVM: KVM write-tracks the gfns of upper-level shadow pages in its
     /// page-track machinery (`account_shadowed` for `role.level > PG_LEVEL_4K`) and refuses
