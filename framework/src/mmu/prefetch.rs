@@ -141,6 +141,25 @@ mod tests {
     }
 
     #[test]
+    fn invalid_gpte_follows_the_walkers_level_1_rules() {
+        let ok = 0x5000 | pte::P | pte::A;
+        assert!(!prefetch_invalid_gpte(ok));
+        assert!(
+            !prefetch_invalid_gpte(ok | pte::PS),
+            "bit 7 is PAT in a 4 KiB PTE"
+        );
+        assert!(!prefetch_invalid_gpte(
+            ok | pte::NX | pte::W | pte::U | pte::D
+        ));
+        assert!(prefetch_invalid_gpte(ok & !pte::P));
+        assert!(prefetch_invalid_gpte(ok & !pte::A));
+        assert!(prefetch_invalid_gpte(ok | 1 << 51));
+        assert!(prefetch_invalid_gpte(
+            ok | 1 << crate::mmu::spte::GUEST_MAXPHYADDR
+        ));
+    }
+
+    #[test]
     fn group_index_is_aligned() {
         assert_eq!(layout::pt_index(BASE, 1) % PTE_PREFETCH_NUM as usize, 0);
     }
