@@ -38,8 +38,8 @@ impl<P: SyncPolicy> Mmu<P> {
     /// Walks the guest tables without the lock (setting guest A/D bits), then under the write
     /// lock refills the pool, checks the root and that no guest PTE of the walk changed
     /// (`FNAME(gpte_changed)`), and links shadow pages down to the leaf. Differs from KVM: no
-    /// large pages, no MMIO/async page faults, no prefetch of neighbouring PTEs; the
-    /// monitor's PML4 slot is never the guest's, so an access there is a protection fault.
+    /// large pages, no MMIO/async page faults; the monitor's PML4 slot is never the guest's,
+    /// so an access there is a protection fault.
     pub fn page_fault(
         &self,
         v: &mut VcpuMmu,
@@ -101,7 +101,8 @@ impl<P: SyncPolicy> Mmu<P> {
     }
 
     /// `FNAME(fetch)`: from the root down, find or create the shadow page for each guest
-    /// table of the walk and link it, then set the leaf SPTE.
+    /// table of the walk and link it, then set the leaf SPTE and prefetch its neighbours
+    /// ([`Mmu::pte_prefetch`]; as in KVM also when the write is sent to emulation).
     fn fetch(
         &self,
         st: &mut MmuState,
@@ -170,6 +171,7 @@ impl<P: SyncPolicy> Mmu<P> {
             index: layout::pt_index(gw.gva, 1) as u16,
         };
         let out = self.mmu_set_spte(st, c, r, gw, access, &mut zap);
+        self.pte_prefetch(st, c, r);
         self.commit_zap(st, c, zap);
         Ok(out)
     }
@@ -225,7 +227,7 @@ impl<P: SyncPolicy> Mmu<P> {
         let mut writable = false;
         let mut emulate = false;
         if pte_access & ACC_WRITE != 0 && gw.is_dirty() {
-            if self.mmu_try_to_unsync_pages(st, c, gfn, true) {
+            if self.mmu_try_to_unsync_pages(st, c, gfn, true, false) {
                 writable = true;
             } else if access.is_write() {
                 emulate = true;

@@ -47,8 +47,10 @@
 //! - A guest #PF on the shadow tables ([`Mmu::page_fault`], `FNAME(page_fault)`) walks the guest
 //!   tables ([`walk_addr`], setting guest A/D), then under the write lock links shadow pages
 //!   level by level (`kvm_mmu_get_page`, `link_shadow_page`) and sets the leaf
-//!   (`mmu_set_spte`). Every gfn shadowed as a page table is write-protected (`account_shadowed`
-//!   → `rmap_write_protect`, with a remote TLB flush).
+//!   (`mmu_set_spte`), then fills the leaf's not-present neighbours (an aligned group of
+//!   [`PTE_PREFETCH_NUM`]) from the guest table where their guest PTEs are valid and Accessed
+//!   (`FNAME(pte_prefetch)`). Every gfn shadowed as a page table is write-protected
+//!   (`account_shadowed` → `rmap_write_protect`, with a remote TLB flush).
 //! - A write fault on a write-protected *leaf* guest table unsyncs it
 //!   (`mmu_try_to_unsync_pages`): `sp.unsync = true`, parents' `unsync_children`, then
 //!   `fence(Release)` (smp_wmb), then SPTE.W = 1. Any other write to a shadowed gfn is emulated
@@ -78,6 +80,7 @@ mod coherence;
 mod fault;
 pub mod lock;
 mod page;
+mod prefetch;
 mod roots;
 mod shadow_walk;
 pub mod spte;
@@ -101,6 +104,7 @@ pub use audit::check_translation;
 pub use fault::FaultOutcome;
 pub use lock::LockStats;
 pub use page::{GfnHasher, Role, ShadowPage, SpIdx, SpteRef};
+pub use prefetch::PTE_PREFETCH_NUM;
 pub use shadow_walk::{shadow_walk, ShadowMiss, ShadowTranslation};
 pub use spte::Access;
 pub use stats::{Counter, MmuStats};

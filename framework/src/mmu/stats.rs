@@ -55,6 +55,7 @@ counters! {
     recycled: "Pages zapped to refill the pool (`mmu_recycled`).",
     remote_tlb_flushes: "Remote TLB flush requests (`kvm_flush_remote_tlbs`).",
     write_protects: "gfns write-protected because they became shadowed or were synced.",
+    prefetched: "Leaf SPTEs set from neighbouring guest PTEs on a fault (`FNAME(pte_prefetch)`).",
 }
 
 /// One vCPU's counters (or the global block), on its own cache line(s).

@@ -169,7 +169,7 @@ impl<P: SyncPolicy> Mmu<P> {
         let pte_access = p.role().access & gpte_access(gpte);
         let writable = pte_access & ACC_WRITE != 0
             && gpte & pte::D != 0
-            && self.mmu_try_to_unsync_pages(st, c, gfn, false);
+            && self.mmu_try_to_unsync_pages(st, c, gfn, false, false);
         let new = make_leaf_spte(mfn, pte_access, writable) | (old & (SPTE_A | SPTE_D));
         if new == old {
             return false;

@@ -13,29 +13,39 @@ impl<P: SyncPolicy> Mmu<P> {
     /// KVM's `mmu_try_to_unsync_pages`: may a leaf SPTE mapping `gfn` be made writable?
     ///
     /// `true` if `gfn` is not shadowed as a page table, or every shadow page of it is a leaf
-    /// (level 1) page and `can_unsync`: those not yet unsync are marked unsync (with their
-    /// parents' `unsync_children`), then **`fence(Release)`** (smp_wmb) orders those flag
-    /// stores before the caller's store of SPTE.W = 1. A vCPU whose walk then sees W = 1 and
-    /// later flushes must see the flags in `is_unsync_root`: that is the pairing the build's
-    /// policy provides on the reader side. `false` means the SPTE stays write-protected.
+    /// (level 1) page and `can_unsync`, and, for a `prefetch` (a speculative SPTE, not the
+    /// faulting access: [`Mmu::pte_prefetch`]), every one is already unsync (KVM returns
+    /// `-EEXIST` there: a prefetch never unsyncs). Those not yet unsync are marked unsync
+    /// (with their parents' `unsync_children`), then **`fence(Release)`** (smp_wmb) orders
+    /// those flag stores before the caller's store of SPTE.W = 1. A vCPU whose walk then sees
+    /// W = 1 and later flushes must see the flags in `is_unsync_root`: that is the pairing the
+    /// build's policy provides on the reader side. `false` means the SPTE stays write-protected.
     ///
     /// Differs from KVM: KVM write-tracks the gfns of upper-level shadow pages in its
     /// page-track machinery (`account_shadowed` for `role.level > PG_LEVEL_4K`) and refuses
     /// first if the gfn is tracked ("this guards the role.level == 4K assertion below"); here
     /// the same question is asked of the page hash directly. There is no separate
-    /// `mmu_unsync_pages_lock` because the whole call runs under the MMU write lock, and no
-    /// `prefetch` case (the MMU does not prefetch).
+    /// `mmu_unsync_pages_lock` because the whole call runs under the MMU write lock. Returns a
+    /// bool where KVM returns 0 / `-EPERM` / `-EEXIST` (its callers only test for nonzero).
     pub(super) fn mmu_try_to_unsync_pages(
         &self,
         st: &mut MmuState,
         c: &CounterBlock,
         gfn: u64,
         can_unsync: bool,
+        prefetch: bool,
     ) -> bool {
         let Some(list) = st.page_hash.get(&gfn) else {
             return true;
         };
         if !can_unsync || list.iter().any(|&sp| self.sp(sp).role().level != 1) {
+            return false;
+        }
+        if prefetch
+            && list
+                .iter()
+                .any(|&sp| !self.sp(sp).unsync.load(Ordering::Relaxed))
+        {
             return false;
         }
         let list = list.clone();
