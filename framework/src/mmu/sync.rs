@@ -7,8 +7,9 @@ use shadowlab_policies::{unsync_under_lock, HostMemory, SyncPolicy};
 use shadowlab_workloads::layout::{self, pte};
 
 use super::page::{MmuState, SpIdx, SpteRef};
+use super::prefetch::prefetch_invalid_gpte;
 use super::spte::{
-    gpte_access, is_present, make_leaf_spte, needs_flush, ACC_WRITE, GPTE_RSVD_ADDR, SPTE_A, SPTE_D,
+    gpte_access, is_present, make_leaf_spte, needs_flush, ACC_WRITE, SPTE_A, SPTE_D,
 };
 use super::stats::{Counter, CounterBlock};
 use super::vcpu::VcpuMmu;
@@ -139,7 +140,7 @@ impl<P: SyncPolicy> Mmu<P> {
     }
 
     /// KVM's `FNAME(sync_spte)`: brings one leaf SPTE in line with its guest PTE. An invalid
-    /// guest PTE (not present, reserved bits, frame outside RAM: `prefetch_invalid_gpte`) or
+    /// guest PTE (not present, A clear, reserved bits, frame outside RAM: `prefetch_invalid_gpte`) or
     /// one that now maps another frame zaps the SPTE (the next access faults and walks);
     /// otherwise the permissions are recomputed, with W only if the frame is not a shadowed
     /// page table (`can_unsync = false`) and the guest PTE is dirty. Returns whether the change
@@ -157,7 +158,10 @@ impl<P: SyncPolicy> Mmu<P> {
             .unwrap_or(0);
         let gfn = (gpte & pte::ADDR_MASK) >> 12;
         let mfn = self.mem.gfn_to_mfn(gfn);
-        let valid = gpte & pte::P != 0 && gpte & GPTE_RSVD_ADDR == 0 && mfn.is_some();
+        // As KVM (FNAME(sync_spte) -> FNAME(prefetch_invalid_gpte)): a guest PTE whose A bit
+        // the guest cleared is dropped too, so the next access faults and the walker sets A
+        // again, as hardware would; keeping the SPTE would let the guest use the page unseen.
+        let valid = !prefetch_invalid_gpte(gpte) && mfn.is_some();
         let (Some(mfn), true) = (mfn, valid) else {
             self.drop_leaf_spte(st, r);
             return true;
@@ -275,8 +279,8 @@ mod tests {
         let (mut r, mut v, leaf, via_pt, d1) = unsynced_rig();
         let d2 = r.g.frame();
         // The guest writes its (now writable) PT: repoint GVA, make GVA+4K read-only.
-        r.g.set(leaf, d2 | pte::P | pte::W | pte::D);
-        r.g.set(leaf + 8, d1 | pte::P | pte::D);
+        r.g.set(leaf, d2 | pte::P | pte::W | pte::A | pte::D);
+        r.g.set(leaf + 8, d1 | pte::P | pte::A | pte::D);
         // Before the flush the stale translation may be used, as on hardware.
         assert_eq!(r.mmu.shadow_translate(&v, GVA).unwrap().gpa_page, Some(d1));
         r.mmu.kvm_mmu_flush_tlb_guest(&v);
@@ -302,6 +306,22 @@ mod tests {
     }
 
     #[test]
+    fn a_gpte_whose_accessed_bit_the_guest_cleared_is_dropped_by_the_sync() {
+        let (mut r, mut v, leaf, _, d1) = unsynced_rig();
+        // Page aging: the guest clears A in its (unsync) table and flushes. The SPTE must go,
+        // so that the next access faults and the walker sets A again, as hardware would.
+        r.g.set(leaf + 8, d1 | pte::P | pte::W | pte::D);
+        r.mmu.kvm_mmu_flush_tlb_guest(&v);
+        assert!(r.mmu.shadow_translate(&v, GVA + 4096).is_err());
+        assert_eq!(
+            r.fault(&mut v, GVA + 4096, Access::READ),
+            FaultOutcome::Fixed
+        );
+        assert_ne!(r.g.get(leaf + 8) & pte::A, 0, "the walker set A again");
+        r.audit();
+    }
+
+    #[test]
     fn clean_root_takes_the_lock_only_under_always_lock() {
         let (r, v, ..) = unsynced_rig();
         r.mmu.kvm_mmu_flush_tlb_guest(&v);
@@ -323,8 +343,8 @@ mod tests {
     #[test]
     fn invlpg_syncs_one_spte_and_leaves_the_page_unsync() {
         let (r, v, leaf, _, d1) = unsynced_rig();
-        r.g.set(leaf, d1 | pte::P | pte::D);
-        r.g.set(leaf + 8, d1 | pte::P | pte::D);
+        r.g.set(leaf, d1 | pte::P | pte::A | pte::D);
+        r.g.set(leaf + 8, d1 | pte::P | pte::A | pte::D);
         r.mmu.kvm_mmu_invlpg(&v, GVA);
         assert!(!r.mmu.shadow_translate(&v, GVA).unwrap().mmu_writable);
         assert!(
