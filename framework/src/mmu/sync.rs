@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_gpte_whose_accessed_bit_the_guest_cleared_is_dropped_by_the_sync() {
-        let (mut r, mut v, leaf, _, d1) = unsynced_rig();
+        let (r, mut v, leaf, _, d1) = unsynced_rig();
         // Page aging: the guest clears A in its (unsync) table and flushes. The SPTE must go,
         // so that the next access faults and the walker sets A again, as hardware would.
         r.g.set(leaf + 8, d1 | pte::P | pte::W | pte::D);
