@@ -2,6 +2,8 @@
 
 mod common;
 
+use shadowlab_workloads::Run;
+
 use std::time::Duration;
 
 use shadowlab_framework::kvm::{
@@ -177,30 +179,11 @@ fn the_watchdog_stops_a_spinning_guest() {
 #[test]
 fn every_workload_runs_on_native_with_one_and_two_vcpus() {
     require_kvm!("every_workload_runs_on_native_with_one_and_two_vcpus");
-    use shadowlab_workloads::{Params, Run, Workload};
-    for w in Workload::ALL {
-        let d = w.params();
-        let w = w.with_params(Params {
-            iters: (d.iters / 10).max(10),
-            ..d
-        });
-        for n in [1, 2] {
-            let r = run_native(&config(n), &GuestParams::workload(&w))
-                .unwrap_or_else(|e| panic!("{} on {n} vCPUs: {e}", w.name()));
-            let mut checks = 0;
-            for v in &r.vcpus {
-                let done = v.outcome.as_ref().unwrap();
-                let rep = done.report.as_ref().expect("a workload report");
-                assert_eq!(rep.ops, w.expected_ops(), "{} vCPU {}", w.name(), v.vcpu);
-                checks += rep.checks;
-            }
-            // exit-floor reads nothing back; unsync-race on one vCPU has no reader.
-            let checks_nothing = w.name() == "exit-floor" || (w.name() == "unsync-race" && n == 1);
-            assert!(
-                checks > 0 || checks_nothing,
-                "{} on {n} vCPUs checked nothing",
-                w.name()
-            );
+    common::every_workload_on_one_and_two_vcpus(
+        10,
+        10,
+        |w, n| run_native(&config(n), &GuestParams::workload(w)).map_err(|e| e.to_string()),
+        |w, n, r| {
             eprintln!(
                 "native {} x{n}: ops {} in {:.1} ms; kvm: {:?}",
                 w.name(),
@@ -211,8 +194,8 @@ fn every_workload_runs_on_native_with_one_and_two_vcpus() {
                     .map(|k| (*k, r.kvm_vm_stats.get(*k).copied().unwrap_or(0)))
                     .collect::<Vec<_>>()
             );
-        }
-    }
+        },
+    );
 }
 
 /// Both hypercall paths work: port I/O (on this kind of host, a #GP the VMM emulates) and the

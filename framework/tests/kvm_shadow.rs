@@ -2,6 +2,8 @@
 
 mod common;
 
+use shadowlab_workloads::Run;
+
 use std::time::Duration;
 
 use shadowlab_framework::kvm::{
@@ -42,37 +44,14 @@ fn builtin_programs_run_on_shadow_tables() {
 #[test]
 fn every_workload_runs_on_the_shadow_mmu_with_one_and_two_vcpus() {
     require_kvm!("every_workload_runs_on_the_shadow_mmu_with_one_and_two_vcpus");
-    use shadowlab_workloads::{Params, Run, Workload};
-    for w in Workload::ALL {
-        let d = w.params();
-        let w = w.with_params(Params {
-            iters: (d.iters / 20).max(5),
-            ..d
-        });
-        for n in [1, 2] {
-            let r = run_kvm(&config(n), &GuestParams::workload(&w))
-                .unwrap_or_else(|e| panic!("{} on {n} vCPUs: {e}", w.name()));
-            let mut checks = 0;
-            for v in &r.vcpus {
-                let rep = v
-                    .outcome
-                    .as_ref()
-                    .unwrap()
-                    .report
-                    .as_ref()
-                    .expect("a workload report");
-                assert_eq!(rep.ops, w.expected_ops(), "{} vCPU {}", w.name(), v.vcpu);
-                checks += rep.checks;
-            }
-            let checks_nothing = w.name() == "exit-floor" || (w.name() == "unsync-race" && n == 1);
-            assert!(
-                checks > 0 || checks_nothing,
-                "{} on {n} vCPUs checked nothing",
-                w.name()
-            );
+    common::every_workload_on_one_and_two_vcpus(
+        20,
+        5,
+        |w, n| run_kvm(&config(n), &GuestParams::workload(w)).map_err(|e| e.to_string()),
+        |w, n, r| {
             let faults: u64 = r.vcpus.iter().map(|v| v.exits.page_fault_fixed).sum();
             let emulated: u64 = r.vcpus.iter().map(|v| v.exits.emulated_write).sum();
-            let hc = coherence(&r);
+            let hc = coherence(r);
             eprintln!(
                 "kvm {} x{n}: ops {} in {:.1} ms; faults fixed {faults}, emulated writes {emulated}, host coherence {hc:?}",
                 w.name(),
@@ -83,8 +62,8 @@ fn every_workload_runs_on_the_shadow_mmu_with_one_and_two_vcpus() {
             assert_eq!(hc.mode, HostCoherence::Replay);
             assert_eq!(hc.slot_cycles, 0, "{}", w.name());
             assert!(hc.replay_runs >= hc.flushes, "{}: {hc:?}", w.name());
-        }
-    }
+        },
+    );
 }
 
 fn coherence(r: &RunResult) -> HostCoherenceStats {
