@@ -378,6 +378,23 @@ mod tests {
         Ram(new_region(1 << 20).unwrap())
     }
 
+    /// Places a ucall with no text at 0x4000 and handles its exit.
+    fn ucall<H: MmuHooks + ?Sized>(
+        st: &mut ExitState,
+        ram: &Ram,
+        mmu: &H,
+        cmd: u64,
+        args: [u64; 6],
+    ) -> ExitAction {
+        put(ram, 0x4000, cmd, args, b"", 0);
+        handle_exit(st, ucall_exit(0x4000), ram, mmu)
+    }
+
+    /// The status the VMM wrote back into the ucall at 0x4000.
+    fn ucall_status(ram: &Ram) -> u64 {
+        ram.0.read_u64(0x4000 + UCALL_OFF_RET).unwrap()
+    }
+
     fn ucall_exit(gpa: u32) -> DecodedExit {
         DecodedExit::IoOut {
             port: UCALL_PORT,
@@ -403,19 +420,17 @@ mod tests {
             ),
             ExitAction::Resume
         );
-        put(
-            &ram,
-            0x4000,
-            UcallCmd::Sync as u64,
-            [3, 9, 0, 0, 0, 0],
-            b"",
-            0,
-        );
         assert_eq!(
-            handle_exit(&mut st, ucall_exit(0x4000), &ram, &NativeMmu),
+            ucall(
+                &mut st,
+                &ram,
+                &NativeMmu,
+                UcallCmd::Sync as u64,
+                [3, 9, 0, 0, 0, 0]
+            ),
             ExitAction::Resume
         );
-        assert_eq!(ram.0.read_u64(0x4000 + UCALL_OFF_RET).unwrap(), status::OK);
+        assert_eq!(ucall_status(&ram), status::OK);
         assert_eq!((st.exits.nop, st.exits.ucall), (1, 1));
         assert_eq!(st.syncs, vec![(3, 9)]);
         assert!(st.last_message.as_deref().unwrap().contains("GUEST_SYNC(3"));
@@ -484,23 +499,18 @@ mod tests {
             ((1 << 20) - 16, len),
             (u64::MAX - 7, len),
         ] {
-            put(
-                &ram,
-                0x4000,
-                UcallCmd::Done as u64,
-                [1, 0, 0, 0, gpa, len],
-                b"",
-                0,
-            );
             assert_eq!(
-                handle_exit(&mut st, ucall_exit(0x4000), &ram, &NativeMmu),
+                ucall(
+                    &mut st,
+                    &ram,
+                    &NativeMmu,
+                    UcallCmd::Done as u64,
+                    [1, 0, 0, 0, gpa, len]
+                ),
                 ExitAction::Resume,
                 "{gpa:#x}"
             );
-            assert_eq!(
-                ram.0.read_u64(0x4000 + UCALL_OFF_RET).unwrap(),
-                status::BAD_ARGUMENT
-            );
+            assert_eq!(ucall_status(&ram), status::BAD_ARGUMENT);
         }
     }
 
@@ -516,31 +526,22 @@ mod tests {
             handle_exit(&mut st, ucall_exit(0x4010), &ram, &NativeMmu),
             ExitAction::ResumeRejectAddress
         );
-        put(&ram, 0x4000, 77, [0; 6], b"", 0);
         assert_eq!(
-            handle_exit(&mut st, ucall_exit(0x4000), &ram, &NativeMmu),
+            ucall(&mut st, &ram, &NativeMmu, 77, [0; 6]),
             ExitAction::Resume
         );
+        assert_eq!(ucall_status(&ram), status::BAD_COMMAND);
         assert_eq!(
-            ram.0.read_u64(0x4000 + UCALL_OFF_RET).unwrap(),
-            status::BAD_COMMAND
-        );
-        put(
-            &ram,
-            0x4000,
-            UcallCmd::LoadCr3 as u64,
-            [0x7777, 0, 0, 0, 0, 0],
-            b"",
-            0,
-        );
-        assert_eq!(
-            handle_exit(&mut st, ucall_exit(0x4000), &ram, &NativeMmu),
+            ucall(
+                &mut st,
+                &ram,
+                &NativeMmu,
+                UcallCmd::LoadCr3 as u64,
+                [0x7777, 0, 0, 0, 0, 0]
+            ),
             ExitAction::Resume
         );
-        assert_eq!(
-            ram.0.read_u64(0x4000 + UCALL_OFF_RET).unwrap(),
-            status::BAD_ARGUMENT
-        );
+        assert_eq!(ucall_status(&ram), status::BAD_ARGUMENT);
         assert_eq!(st.exits.ucall_rejected, 4);
         // A ucall port access of the wrong size is not a ucall.
         assert!(matches!(
@@ -563,33 +564,28 @@ mod tests {
         let ram = ram();
         let mmu = FakeMmu::default();
         let mut st = ExitState::new(2);
-        put(
-            &ram,
-            0x4000,
-            UcallCmd::LoadCr3 as u64,
-            [0x5000, 0, 0, 0, 0, 0],
-            b"",
-            0,
-        );
         assert_eq!(
-            handle_exit(&mut st, ucall_exit(0x4000), &ram, &mmu),
+            ucall(
+                &mut st,
+                &ram,
+                &mmu,
+                UcallCmd::LoadCr3 as u64,
+                [0x5000, 0, 0, 0, 0, 0]
+            ),
             ExitAction::ResumeSetCr3(0x2_0000_5000)
         );
-        put(
-            &ram,
-            0x4000,
-            UcallCmd::Invlpg as u64,
-            [0x8000_1000, 0, 0, 0, 0, 0],
-            b"",
-            0,
-        );
         assert_eq!(
-            handle_exit(&mut st, ucall_exit(0x4000), &ram, &mmu),
+            ucall(
+                &mut st,
+                &ram,
+                &mmu,
+                UcallCmd::Invlpg as u64,
+                [0x8000_1000, 0, 0, 0, 0, 0]
+            ),
             ExitAction::Resume
         );
-        put(&ram, 0x4000, UcallCmd::FlushTlb as u64, [0; 6], b"", 0);
         assert_eq!(
-            handle_exit(&mut st, ucall_exit(0x4000), &ram, &mmu),
+            ucall(&mut st, &ram, &mmu, UcallCmd::FlushTlb as u64, [0; 6]),
             ExitAction::Stop(Err(FailureKind::Mmu("pool exhausted".into())))
         );
         assert_eq!(
@@ -597,22 +593,17 @@ mod tests {
             vec!["cr3 2 0x5000".to_string(), "invlpg 0x80001000".to_string()]
         );
         // Native mode: the same call is answered UNSUPPORTED, never acted on.
-        put(
-            &ram,
-            0x4000,
-            UcallCmd::LoadCr3 as u64,
-            [0x5000, 0, 0, 0, 0, 0],
-            b"",
-            0,
-        );
         assert_eq!(
-            handle_exit(&mut st, ucall_exit(0x4000), &ram, &NativeMmu),
+            ucall(
+                &mut st,
+                &ram,
+                &NativeMmu,
+                UcallCmd::LoadCr3 as u64,
+                [0x5000, 0, 0, 0, 0, 0]
+            ),
             ExitAction::Resume
         );
-        assert_eq!(
-            ram.0.read_u64(0x4000 + UCALL_OFF_RET).unwrap(),
-            status::UNSUPPORTED
-        );
+        assert_eq!(ucall_status(&ram), status::UNSUPPORTED);
     }
 
     #[test]
