@@ -265,23 +265,28 @@ impl WorkloadReport {
         })
     }
 
-    /// The latency at quantile `q` (0..=1), as the upper bound of its log2 bucket.
-    pub fn latency_quantile(&self, q: f64) -> Option<u64> {
-        let target = ((self.latency_count as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (b, n) in self.latency_buckets.iter().enumerate() {
-            seen += n;
-            if seen >= target {
-                return Some(if b == 0 {
-                    0
-                } else if b >= 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << b) - 1
-                });
-            }
+    /// The report back in the workloads crate's type (the guest sent it through the ucall
+    /// ABI as words), so that every backend's reports are summarised by the same code.
+    pub fn to_report(&self) -> shadowlab_workloads::Report {
+        let mut latency = shadowlab_workloads::Histogram::new();
+        for (dst, src) in latency.buckets.iter_mut().zip(&self.latency_buckets) {
+            *dst = *src;
         }
-        None
+        latency.count = self.latency_count;
+        latency.sum = self.latency_sum;
+        latency.min = self.latency_min;
+        latency.max = self.latency_max;
+        shadowlab_workloads::Report {
+            vcpu: self.vcpu as usize,
+            ops: self.ops,
+            checks: self.checks,
+            pte_writes: self.pte_writes,
+            cr3_loads: self.cr3_loads,
+            invlpgs: self.invlpgs,
+            tlb_flushes: self.tlb_flushes,
+            hypercalls: self.hypercalls,
+            latency,
+        }
     }
 }
 
@@ -389,15 +394,19 @@ mod tests {
     }
 
     #[test]
-    fn latency_quantile_uses_bucket_upper_bounds() {
+    fn the_report_converts_back_with_its_latency_histogram() {
         let mut r = WorkloadReport {
             latency_count: 4,
+            latency_min: 5,
+            latency_max: 1000,
             latency_buckets: vec![0; 65],
             ..Default::default()
         };
         r.latency_buckets[3] = 2; // [4, 8)
         r.latency_buckets[10] = 2; // [512, 1024)
-        assert_eq!(r.latency_quantile(0.5), Some(7));
-        assert_eq!(r.latency_quantile(1.0), Some(1023));
+        let rep = r.to_report();
+        assert_eq!(rep.latency.percentile(500), Some(7));
+        // The top bucket's bound (1023) is clamped to the exact maximum the guest sent.
+        assert_eq!(rep.latency.percentile(1000), Some(1000));
     }
 }

@@ -2,40 +2,15 @@
 
 use std::time::Duration;
 
-use shadowlab_workloads::{Histogram, Report, Workload};
+use shadowlab_workloads::Workload;
 
 use super::args::HostCoherenceArg;
 use super::result::WorkerResult;
 use super::{Backend, WorkerArgs, WorkerError};
-use crate::kvm::report::WorkloadReport;
 use crate::kvm::{
     run_kvm_reports, run_native_reports, GuestParams, HostCoherence, KvmError, RunConfig,
 };
 use crate::BuildPolicy;
-
-/// The guest's report, as it crossed the ucall ABI, back in the workloads crate's type, so
-/// every backend's reports are summarised by the same code.
-fn to_report(r: &WorkloadReport) -> Report {
-    let mut latency = Histogram::new();
-    for (b, n) in r.latency_buckets.iter().zip(latency.buckets.iter_mut()) {
-        *n = *b;
-    }
-    latency.count = r.latency_count;
-    latency.sum = r.latency_sum;
-    latency.min = r.latency_min;
-    latency.max = r.latency_max;
-    Report {
-        vcpu: r.vcpu as usize,
-        ops: r.ops,
-        checks: r.checks,
-        pte_writes: r.pte_writes,
-        cr3_loads: r.cr3_loads,
-        invlpgs: r.invlpgs,
-        tlb_flushes: r.tlb_flushes,
-        hypercalls: r.hypercalls,
-        latency,
-    }
-}
 
 /// Runs `workload` on /dev/kvm: on our shadow MMU with the build's policy (`kvm`), or on the
 /// guest's own page tables under the host kernel's shadow MMU (`native`).
@@ -84,7 +59,7 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
     for v in &run.vcpus {
         match &v.outcome {
             Ok(done) => match &done.report {
-                Some(r) => result.add_vcpu(&to_report(r), "tsc"),
+                Some(r) => result.add_vcpu(&r.to_report(), "tsc"),
                 None => failures.push(format!("vCPU {}: DONE without a workload report", v.vcpu)),
             },
             Err(f) => failures.push(format!("vCPU {}: {f}", v.vcpu)),
