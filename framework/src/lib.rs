@@ -7,7 +7,6 @@ pub mod kvm;
 pub mod mem;
 pub mod mmu;
 pub mod policy;
-pub mod rng;
 pub mod sim;
 pub mod worker;
 

@@ -20,7 +20,7 @@
 use std::sync::atomic::Ordering;
 
 use super::region::{MemError, MemRegion, PAGE_SIZE};
-use crate::rng::SplitMix64;
+use shadowlab_workloads::rng::Rng;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -81,7 +81,7 @@ impl GuestMemory {
         let region = MemRegion::new(total as usize)?;
         let mut map: Vec<u64> = (0..ram_frames).collect();
         if let FrameMap::Permuted { seed } = cfg.frame_map {
-            let mut rng = SplitMix64::new(seed);
+            let mut rng = Rng::new(seed);
             for i in (1..map.len()).rev() {
                 let j = rng.below(i as u64 + 1) as usize;
                 map.swap(i, j);

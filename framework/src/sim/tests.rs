@@ -360,7 +360,7 @@ fn every_policy_runs_in_one_build_and_only_always_lock_never_skips() {
 /// an unmapped page must fault, and the MMU must be consistent at the end.
 #[test]
 fn concurrent_churn_on_a_tiny_pool_stays_correct() {
-    use crate::rng::SplitMix64;
+    use shadowlab_workloads::rng::Rng;
     const OPS: u64 = 3000;
     let c = SimConfig {
         vcpus: 2,
@@ -369,7 +369,7 @@ fn concurrent_churn_on_a_tiny_pool_stays_correct() {
         pool_pages: 24,
     };
     let run = run(&c, |cpu| {
-        let mut rng = SplitMix64::new(cpu.id() as u64 + 100);
+        let mut rng = Rng::new(cpu.id() as u64 + 100);
         let mut p = Pager::new(cpu);
         let boot = cpu.boot_root();
         // A second root sharing the direct map; user mappings are made in both.
