@@ -36,8 +36,8 @@ impl<P: SyncPolicy> Mmu<P> {
     /// A #PF on the shadow tables at `gva` (KVM's `kvm_mmu_page_fault` → `FNAME(page_fault)`).
     ///
     /// Walks the guest tables without the lock (setting guest A/D bits), then under the write
-    /// lock refills the pool, checks the root and that no guest PTE of the walk changed
-    /// (`FNAME(gpte_changed)`), and links shadow pages down to the leaf. Differs from KVM: no
+    /// lock refills the pool, checks the root, and links shadow pages down to the leaf
+    /// ([`Mmu::fetch`], which re-checks each guest PTE of the walk as it goes). Differs from KVM: no
     /// large pages, no MMIO/async page faults; the monitor's PML4 slot is never the guest's,
     /// so an access there is a protection fault.
     pub fn page_fault(
@@ -82,27 +82,40 @@ impl<P: SyncPolicy> Mmu<P> {
                 return Ok(FaultOutcome::Retry);
             }
         };
-        if self.gpte_changed(&gw) {
-            c.inc(Counter::fault_retries);
-            return Ok(FaultOutcome::Retry);
-        }
         self.fetch(&mut st, c, root, &gw, access)
     }
 
-    /// `FNAME(gpte_changed)` for every level: whether a guest PTE the walk used has changed
-    /// since (checked under the lock, so the shadow entries built from the walk are not stale
-    /// from birth).
-    fn gpte_changed(&self, gw: &GuestWalker) -> bool {
-        (0..4).any(|i| {
-            self.mem
-                .read_gpa_u64(gw.pte_gpa[i], std::sync::atomic::Ordering::Acquire)
-                .map_or(true, |v| v != gw.ptes[i])
-        })
+    /// `FNAME(gpte_changed)`: whether the guest PTE the walk read at `level` has changed since.
+    ///
+    /// Only meaningful once the table holding it is write-protected (or unsync, in which case
+    /// the guest must flush after changing it): [`Mmu::fetch`] asks after shadowing each table,
+    /// when the write-protect flush has completed every store a vCPU could still make through
+    /// a writable TLB entry.
+    fn gpte_changed(&self, gw: &GuestWalker, level: u32) -> bool {
+        let i = level as usize - 1;
+        self.mem
+            .read_gpa_u64(gw.pte_gpa[i], std::sync::atomic::Ordering::Acquire)
+            .map_or(true, |v| v != gw.ptes[i])
     }
 
     /// `FNAME(fetch)`: from the root down, find or create the shadow page for each guest
     /// table of the walk and link it, then set the leaf SPTE and prefetch its neighbours
     /// ([`Mmu::pte_prefetch`]; as in KVM also when the write is sent to emulation).
+    ///
+    /// The walk was taken without the lock, so each guest PTE it read is re-checked
+    /// (`FNAME(gpte_changed)`) once the table holding it is shadowed: the root's before the
+    /// loop, every other level right after `kvm_mmu_get_page` (and `mmu_sync_children`) for
+    /// its table and before the link. The order matters. Shadowing a table write-protects it
+    /// and flushes remote TLBs; until that flush reaches it, another vCPU holding a writable
+    /// TLB entry for the table can still store to it (hardware completes the store before it
+    /// takes the flush IPI), and the walk may predate that store. Re-read after the flush, the
+    /// entry shows the store, and the fault is retried from a new walk: otherwise the SPTE
+    /// would be built from the stale walk in a page just marked synced, and the guest's own
+    /// INVLPG or flush after its store would find nothing to sync. (A table that stays unsync
+    /// needs no such care: the guest flushes after writing it, and that flush syncs it.)
+    ///
+    /// Differs from KVM: the top-level check is the PML4E (no PAE roots); on a retry, zaps
+    /// already prepared on the way down are committed first.
     fn fetch(
         &self,
         st: &mut MmuState,
@@ -112,6 +125,12 @@ impl<P: SyncPolicy> Mmu<P> {
         access: Access,
     ) -> Result<FaultOutcome, MmuError> {
         let mut zap = ZapList::default();
+        // "Verify that the top-level gpte is still there. Since the page is a root page, it is
+        // either write protected (and cannot be changed from now on) or it is invalid" (KVM).
+        if self.gpte_changed(gw, 4) {
+            c.inc(Counter::fault_retries);
+            return Ok(FaultOutcome::Retry);
+        }
         let mut sp = root;
         for level in (2..=4u32).rev() {
             // `clear_sp_write_flooding_count`: the guest is really using this table.
@@ -128,6 +147,7 @@ impl<P: SyncPolicy> Mmu<P> {
                 access: gw.pt_access[level as usize - 1],
             };
             let spte = self.load_spte(r);
+            let mut linked = None;
             if is_present(spte) {
                 match self.sp_of_spte(spte) {
                     Some(child)
@@ -135,8 +155,7 @@ impl<P: SyncPolicy> Mmu<P> {
                             && self.sp(child).role() == want_role
                             && !self.sp(child).is_invalid() =>
                     {
-                        sp = child;
-                        continue;
+                        linked = Some(child);
                     }
                     // A link to a page shadowing something else (the guest changed an upper
                     // entry in a way that was not tracked): drop it and link the right one.
@@ -146,21 +165,38 @@ impl<P: SyncPolicy> Mmu<P> {
                     }
                 }
             }
-            let child = self.kvm_mmu_get_page(st, c, want_gfn, want_role)?;
-            // As KVM's FNAME(fetch) since 2021 ("KVM: X86: Synchronize the shadow pagetable
-            // before link it"): the guest need not flush when it makes a non-present entry
-            // present, so unsync pages below an upper-level page must be synced before the
-            // page becomes reachable from this root, or the guest could use stale entries.
-            // (A leaf page was already synced by kvm_mmu_get_page.)
-            if self
-                .sp(child)
-                .unsync_children
-                .load(std::sync::atomic::Ordering::Relaxed)
-                != 0
-            {
-                self.mmu_sync_children(st, c, child);
+            let child = match linked {
+                Some(child) => child,
+                None => {
+                    let child = self.kvm_mmu_get_page(st, c, want_gfn, want_role)?;
+                    // As KVM's FNAME(fetch) since 2021 ("KVM: X86: Synchronize the shadow
+                    // pagetable before link it"): the guest need not flush when it makes a
+                    // non-present entry present, so unsync pages below an upper-level page
+                    // must be synced before the page becomes reachable from this root, or the
+                    // guest could use stale entries. (A leaf page was re-read by
+                    // kvm_mmu_get_page.)
+                    if self
+                        .sp(child)
+                        .unsync_children
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        != 0
+                    {
+                        self.mmu_sync_children(st, c, child);
+                    }
+                    child
+                }
+            };
+            // "Verify that the gpte in the page we've just write protected is still there"
+            // (KVM): the entry of the walk inside the child's table, read again after the
+            // flushes above. Checked for a page already linked too, as KVM does.
+            if self.gpte_changed(gw, level - 1) {
+                c.inc(Counter::fault_retries);
+                self.commit_zap(st, c, zap);
+                return Ok(FaultOutcome::Retry);
             }
-            self.link_shadow_page(st, r, child);
+            if linked.is_none() {
+                self.link_shadow_page(st, r, child);
+            }
             sp = child;
         }
         self.sp(sp)
@@ -256,8 +292,15 @@ impl<P: SyncPolicy> Mmu<P> {
     /// shadow page for (`gfn`, `role`), created if needed. On the way, an unsync leaf page of
     /// the same gfn is zapped when the gfn is now wanted as an upper-level table (a gfn cannot
     /// be both an unsync leaf and a write-protected upper table), and a found unsync page is
-    /// synced before it is linked again. A new page write-protects its gfn everywhere
-    /// (`account_shadowed`), with a remote TLB flush if a writable mapping existed.
+    /// re-read before it is linked again, but left unsync. A new page write-protects its gfn
+    /// everywhere (`account_shadowed`), with a remote TLB flush if a writable mapping existed.
+    ///
+    /// The found unsync page, as KVM since 2021 ("The page is good, but is stale"):
+    /// `kvm_sync_page` brings its SPTEs up to date but neither write-protects the gfn nor marks
+    /// the page synced. The guest may still be writing the table through a writable mapping;
+    /// a page marked synced here would hide those writes from the guest's next flush, while
+    /// one left unsync is re-read by it (the new link marks the new parents unsync). The
+    /// write protection is paid when the guest invalidates, not on every relink.
     pub(super) fn kvm_mmu_get_page(
         &self,
         st: &mut MmuState,
@@ -283,11 +326,6 @@ impl<P: SyncPolicy> Mmu<P> {
                 .unsync
                 .load(std::sync::atomic::Ordering::Relaxed)
             {
-                // Same order as mmu_sync_children: write-protect, flush, then re-read.
-                if self.rmap_write_protect(st, c, gfn) {
-                    self.kvm_flush_remote_tlbs(c);
-                }
-                self.kvm_unlink_unsync_page(sp);
                 zap.flush |= self.kvm_sync_page(st, c, sp);
             }
             self.commit_zap(st, c, zap);

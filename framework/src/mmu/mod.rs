@@ -74,6 +74,26 @@
 //!
 //! See [`lock`]: writes under the write lock; read lock for the INVLPG pre-check and for
 //! inspection; no lock for `is_unsync_root` and the cached-root switch.
+//!
+//! # Differs from KVM
+//!
+//! Every deliberate simplification, in one place (function-level details stay in each
+//! function's own "Differs from KVM" note). None of them touches the unsync protocol or the
+//! order of write-protect, flush and re-read.
+//!
+//! | here | KVM | why |
+//! |---|---|---|
+//! | 4 KiB pages only: PS above level 1 is a reserved-bit guest #PF | 2 MiB / 1 GiB guest and host pages | the protocol under study is about 4 KiB leaf tables; the workloads map 4 KiB pages |
+//! | a page's role is (level, access) | also direct, quadrant, cr0_wp, smep/smap_andnot_wp, efer_nx, guest_mode, ad_disabled, passthrough, … | one paging mode: 4-level long mode, CR0.WP = 1, EFER.NXE = 1, no SMEP/SMAP, no nested guest |
+//! | a guest TLB flush syncs the current root only | `kvm_vcpu_flush_tlb_guest` also syncs the cached roots (`kvm_mmu_sync_prev_roots`) | the guest has no PCID or global pages: a cached root is only used after a CR3 load, and that load syncs it ([`Mmu::kvm_mmu_new_pgd`]) |
+//! | the top-level gpte re-check is the PML4E | PAE roots' PDPTEs too | no 32-bit or PAE guests |
+//! | upper-level gfns are found through the page hash | page-track write tracking (`account_shadowed`) | the same question asked of one structure; no other write-tracking users |
+//! | no separate `mmu_unsync_pages_lock` | a spinlock for concurrent unsyncs under the read lock | every unsync runs under the write lock |
+//! | INVLPG pre-checks under the read lock | always takes the write lock | the common INVLPG of a synced mapping stays cheap; the sync itself is the same |
+//! | no MMIO SPTEs, async page faults, MMU notifiers or page aging | all present | guest RAM is pinned, owned by the VMM, and never swapped or moved |
+//! | prefetch loads each neighbour gpte when needed; a clean gPTE keeps `SPTE_MMU_WRITABLE` with W withheld | reads the group in `gpte_changed`; drops `ACC_WRITE` | equivalent under the lock; the next write faults either way |
+//! | shadow tables in a pool outside guest RAM, guest frames permuted | host pages from the kernel | a guest that bypasses the shadow MMU reads wrong data and tests notice |
+//! | remote flush = request + kicker, waiting for vCPUs in guest mode | request + IPI, waiting for the acknowledgement | the same guarantee: no vCPU runs on the old translation once the call returns |
 
 mod audit;
 mod coherence;

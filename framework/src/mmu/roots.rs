@@ -59,6 +59,13 @@ impl<P: SyncPolicy> Mmu<P> {
             self.set_root(v, root);
         }
         v.pgd = Some(pgd_page);
+        // As kvm_mmu_new_pgd (`__clear_sp_write_flooding_count` of the new root): the guest is
+        // using this table again, so the emulated writes it made while the table was not
+        // current are not flooding. Without this, a few edits of a non-current PML4 between
+        // switches add up and zap a root the guest keeps using.
+        if let Some(r) = v.root {
+            self.sp(r).write_flooding_count.store(0, Ordering::Relaxed);
+        }
         self.kvm_mmu_sync_roots(v);
         Ok(())
     }

@@ -207,6 +207,37 @@ mod tests {
     }
 
     #[test]
+    fn loading_a_root_resets_its_flooding_count() {
+        // Two address spaces; the guest edits the PML4 of the one it is not running, one
+        // entry per switch, as a kernel preparing another process's tables does.
+        let mut r = Rig::new(1);
+        let other = r.g.frame();
+        let d = r.g.frame();
+        r.g.map(other, GVA, d, pte::P | pte::W | pte::D);
+        let mut v = r.vcpu(0);
+        r.mmu.kvm_mmu_new_pgd(&mut v, other).unwrap();
+        assert_eq!(r.fault(&mut v, GVA, Access::READ), FaultOutcome::Fixed);
+        r.mmu.kvm_mmu_new_pgd(&mut v, r.root).unwrap();
+        for i in 0..6u64 {
+            // Not current: the write is emulated against the cached root's shadow page.
+            r.mmu
+                .emulate_write(&v, other + 8 * (10 + i), &0u64.to_le_bytes())
+                .unwrap();
+            r.mmu.kvm_mmu_new_pgd(&mut v, other).unwrap();
+            r.mmu.kvm_mmu_new_pgd(&mut v, r.root).unwrap();
+        }
+        let s = r.mmu.stats();
+        assert_eq!(
+            s.flooded, 0,
+            "each CR3 load of the edited root resets its count"
+        );
+        assert_eq!(s.pages_zapped, 0, "{s:?}");
+        r.mmu.kvm_mmu_new_pgd(&mut v, other).unwrap();
+        assert_eq!(r.mmu.shadow_translate(&v, GVA).unwrap().gpa_page, Some(d));
+        r.audit();
+    }
+
+    #[test]
     fn walking_resets_the_flooding_count() {
         let mut r = Rig::new(1);
         let d = r.g.frame();

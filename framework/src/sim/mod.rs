@@ -319,3 +319,6 @@ where
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fetch_race;
