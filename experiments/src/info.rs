@@ -12,7 +12,7 @@ pub struct InfoArgs {
 
 /// Prints the host description. Exits 0 even where /dev/kvm is missing: saying so is the job.
 pub fn run(args: &InfoArgs) -> ExitCode {
-    let info = shadowlab_framework::host::detect();
+    let info = shadowlab_host::detect();
     if args.json {
         match serde_json::to_string_pretty(&info) {
             Ok(j) => println!("{j}"),
@@ -23,11 +23,16 @@ pub fn run(args: &InfoArgs) -> ExitCode {
         }
     } else {
         print!("{info}");
-        println!(
-            "policy:       the driver is policy-agnostic; each shadowlab-vmm build names its own \
-             (this workspace's default build: {})",
-            shadowlab_framework::BUILD_POLICY.name
-        );
+        // The driver links no VMM and selects no policy: it asks the worker built beside it.
+        let worker = crate::worker::beside_driver();
+        match crate::worker::policy_of(&worker) {
+            Ok(p) => println!(
+                "policy:       the driver is policy-agnostic; the worker beside it ({}) was built \
+                 with {p}",
+                worker.display()
+            ),
+            Err(e) => println!("policy:       the driver is policy-agnostic; {e}"),
+        }
     }
     ExitCode::SUCCESS
 }

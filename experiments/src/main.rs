@@ -3,6 +3,7 @@
 
 mod info;
 mod verify;
+mod worker;
 
 use std::process::ExitCode;
 

@@ -1,8 +1,7 @@
 //! shadowlab's VMM core: guest memory (`mem`), the shadow MMU (`mmu`), the backends that run
-//! guests on it (`kvm`/`native` on /dev/kvm, `sim`), host detection (`host`), and the build's
-//! shadow-sync policy.
+//! guests on it (`kvm`/`native` on /dev/kvm, `sim`), and the build's shadow-sync policy.
+//! (Host detection is the `shadowlab-host` crate.)
 
-pub mod host;
 pub mod kvm;
 pub mod mem;
 pub mod mmu;

@@ -1,0 +1,87 @@
+//! The per-policy worker binary, `shadowlab-vmm`, as the driver sees it: a program to run, never
+//! a library to link. The driver learns which policy a worker was built with from the worker
+//! itself (`shadowlab-vmm --version` prints `policy: <name>`), so it stays policy-agnostic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Why a worker's policy could not be learned.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No worker binary next to the driver.
+    #[error("no shadowlab-vmm next to this driver at {0} (build it: cargo build --release)")]
+    NotFound(PathBuf),
+    /// The binary could not be run.
+    #[error("cannot run {path}: {source}")]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It ran but did not name a policy.
+    #[error("{path} --version names no policy (printed {printed:?})")]
+    NoPolicy {
+        /// The binary.
+        path: PathBuf,
+        /// What it printed.
+        printed: String,
+    },
+}
+
+/// The worker binary built beside the driver (the same cargo target directory and profile).
+pub fn beside_driver() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("shadowlab-vmm")))
+        .unwrap_or_else(|| PathBuf::from("shadowlab-vmm"))
+}
+
+/// The policy `worker` was built with, from its `--version`.
+pub fn policy_of(worker: &Path) -> Result<String, WorkerError> {
+    if !worker.exists() {
+        return Err(WorkerError::NotFound(worker.to_path_buf()));
+    }
+    let out = Command::new(worker)
+        .arg("--version")
+        .output()
+        .map_err(|source| WorkerError::Spawn {
+            path: worker.to_path_buf(),
+            source,
+        })?;
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_policy(&printed).ok_or_else(|| WorkerError::NoPolicy {
+        path: worker.to_path_buf(),
+        printed,
+    })
+}
+
+/// The name in a `policy: <name>` line of `--version` output.
+fn parse_policy(version: &str) -> Option<String> {
+    version
+        .lines()
+        .find_map(|l| l.strip_prefix("policy:"))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_line_is_parsed_and_nothing_else_is_taken_for_one() {
+        assert_eq!(
+            parse_policy("shadowlab-vmm 0.1.0\npolicy: always-lock\n").as_deref(),
+            Some("always-lock")
+        );
+        assert_eq!(parse_policy("shadowlab-vmm 0.1.0\n"), None);
+        assert_eq!(parse_policy("policy:   \n"), None);
+    }
+
+    #[test]
+    fn a_missing_worker_is_a_clear_error() {
+        let e = policy_of(Path::new("/nonexistent/shadowlab-vmm")).unwrap_err();
+        assert!(e.to_string().contains("no shadowlab-vmm"), "{e}");
+    }
+}
