@@ -1,11 +1,12 @@
-//! The shadow-sync policies: the reader side of KVM's shadow MMU "unsync" protocol.
+//! The shadow-sync policies: the reader side of KVM's shadow MMU "unsync" protocol, and the
+//! writer's ordering they pair with.
 //!
 //! KVM lets a vCPU write a leaf guest page table freely ("unsync") and re-reads it at the guest's
 //! next TLB flush or CR3 load. On that flush, `kvm_mmu_sync_roots()` first asks, *without* the MMU
 //! lock, whether the root has any unsync page below it (`is_unsync_root()`), and skips the sync if
 //! not. The writer side, `mmu_try_to_unsync_pages()`, sets `sp->unsync` and the parents'
-//! `unsync_children`, issues `smp_wmb()`, and only then makes the SPTE that maps the guest page
-//! table writable. The question this crate makes a build-time choice is what the lockless reader
+//! `unsync_children`, issues `smp_wmb()` (both are [`publish_unsync`]), and only then makes the
+//! SPTE that maps the guest page table writable. The question this crate makes a build-time choice is what the lockless reader
 //! must do to pair with that `smp_wmb()`:
 //!
 //! | policy          | lockless check                                   | origin                     |
@@ -18,9 +19,13 @@
 //!
 //! Every policy is a zero-sized type implementing [`SyncPolicy`]; the shadow MMU is generic over
 //! it and monomorphised, so the check inlines to a handful of instructions and nothing
-//! dispatches at run time. The same generic code runs in the VMM (over [`HostMemory`] and real
-//! atomics) and in the loom model ([`model`], over loom's atomics), so what is model-checked is
-//! the code that runs, not a copy of it.
+//! dispatches at run time.
+//!
+//! Both sides of the protocol are written once, here: the reader is
+//! [`SyncPolicy::is_unsync_root`], the writer's ordering (flags, then the release fence, then the
+//! caller's SPTE.W store) is [`publish_unsync`]. The same generic code runs in the VMM (over
+//! [`HostMemory`] and real atomics) and in the loom model ([`model`], over loom's atomics), so
+//! what is model-checked is the code that runs, not a copy of it.
 
 #![cfg_attr(not(feature = "model-check"), no_std)]
 #![warn(missing_docs)]
@@ -114,7 +119,107 @@ pub trait SyncPolicy: Copy + Default + Debug + Send + Sync + 'static {
     /// KVM's `is_unsync_root()`: may the root have an unsync page below it? `false` lets
     /// `kvm_mmu_sync_roots` return without taking the MMU lock; `true` makes it take the lock
     /// and check again under it with [`unsync_under_lock`].
+    ///
+    /// This is CPU 2 of the race that the writer's fence in [`publish_unsync`] closes:
+    ///
+    /// ```text
+    /// CPU 1 (mmu_try_to_unsync_pages)     CPU 2 (vCPU in the guest, then kvm_mmu_sync_roots)
+    /// ---------------------------------------------------------------------------------------
+    /// 1.1 stores leaf.unsync = true and
+    ///     root.unsync_children += 1
+    ///     fence(Release)  [smp_wmb]
+    /// 1.2 stores SPTE.W = 1
+    ///                                     2.1 the guest writes a gPTE; its page walk loads
+    ///                                         SPTE.W = 1, so no fault
+    ///                                     2.2 the guest flushes its TLB: a VM exit
+    ///                                         (the policy's acquire goes here)
+    ///                                     2.3 is_unsync_root() loads root.unsync and
+    ///                                         root.unsync_children
+    ///                                     2.4 the guest accesses the GVA
+    /// ```
+    ///
+    /// If 2.1 read 1.2, then 2.3 must see 1.1, or it skips the sync and 2.4 uses the stale
+    /// translation. Something between 2.1's load and 2.3's loads must pair with the writer's
+    /// release fence, and the walker's load is not the policy's to change: an acquire fence
+    /// (`rmb-fence`, `seqcst-fence`) or the lock (`always-lock`) does; acquire on the flag
+    /// loads (`acquire-load`) orders the wrong load, and `no-barrier` adds nothing. On x86 the
+    /// walker's load is itself an acquire (TSO plus the exit), so every policy holds there: the
+    /// loom model's second walker column.
     fn is_unsync_root<M: MemoryModel, F: UnsyncFlags + ?Sized>(mem: &M, root: &F) -> bool;
+}
+
+/// The writer's stores of the unsync flags: the two halves of KVM's `kvm_unsync_page()`, which
+/// [`publish_unsync`] calls for each page it unsyncs. The shadow MMU implements it over its page
+/// pool and parent links (`mark_unsync` walks up from every parent SPTE); the loom model over its
+/// one leaf, whose only parent is the root. Both are called under the MMU write lock, which is
+/// what makes the walk up the parents safe; the lock does not order anything for the lockless
+/// reader, which is why [`publish_unsync`] ends with a fence.
+///
+/// Implementors must store with the ordering they are given: [`publish_unsync`] chooses it, so
+/// that the whole ordering of the writer is in one function.
+pub trait UnsyncMarker {
+    /// Names a shadow page (the MMU's pool index; the model's page).
+    type Page: Copy;
+    /// `sp->unsync = true`, stored with `order`.
+    fn set_unsync(&mut self, sp: Self::Page, order: Ordering);
+    /// KVM's `kvm_mmu_mark_parents_unsync()`: every page above `sp`, up to the roots, learns
+    /// through `unsync_children` (and its `unsync_child_bitmap`) that it has an unsync page
+    /// below it. Every counter that goes up is stored with `order`.
+    fn mark_parents_unsync(&mut self, sp: Self::Page, order: Ordering);
+}
+
+/// The writer side of the unsync protocol, KVM's `mmu_try_to_unsync_pages()` from its
+/// `kvm_unsync_page()` calls to its `smp_wmb()`: marks each of `pages` unsync and its parents'
+/// `unsync_children`, with relaxed stores, then issues a **release fence** (smp_wmb) through
+/// `mem`. The caller's store of SPTE.W = 1 must follow the return, and may be relaxed: the fence
+/// orders every flag store before it. The shadow MMU calls this from `mmu_try_to_unsync_pages`
+/// with [`HostMemory`]; the loom model calls it with loom's fence, so the model checks the
+/// writer the VMM runs, as it checks the reader ([`SyncPolicy::is_unsync_root`]).
+///
+/// The race the fence closes (KVM's comment at this `smp_wmb()`, in this crate's names). Without
+/// it the SPTE store may become visible before the flag stores:
+///
+/// ```text
+/// CPU 1 (mmu_try_to_unsync_pages)     CPU 2 (vCPU in the guest, then kvm_mmu_sync_roots)
+/// ---------------------------------------------------------------------------------------
+/// 1.2 stores SPTE.W = 1: the guest
+///     page table is now writable
+///                                     2.1 the guest writes a gPTE for GVA X in that table;
+///                                         its page walk loads SPTE.W = 1, so no fault
+///                                     2.2 the guest flushes its TLB: a VM exit
+///                                     2.3 is_unsync_root() loads root.unsync_children = 0
+///                                         (and unsync = false) and skips the sync, lockless
+///                                     2.4 the guest accesses GVA X through the shadow PTE
+///                                         that was never re-read: the old translation
+/// 1.1 stores leaf.unsync = true and
+///     root.unsync_children += 1
+/// ```
+///
+/// The fence puts 1.1 before 1.2 for any CPU that sees 1.2, so 2.4 cannot happen, provided the
+/// reader pairs with it: an acquire between 2.1's load of SPTE.W and 2.3's loads. Providing that
+/// acquire is the build's [`SyncPolicy`] (see [`SyncPolicy::is_unsync_root`]).
+///
+/// Differs from KVM: the caller's SPTE store is not part of this function (it is built and
+/// stored by `mmu_set_spte` / `sync_spte` / the prefetch, as in KVM, where `smp_wmb()` is also
+/// the last thing `mmu_try_to_unsync_pages()` does). KVM issues the `smp_wmb()` also when the gfn
+/// is not shadowed at all; the shadow MMU returns before calling this then, since there is no
+/// flag to publish. KVM's `mmu_unsync_pages_lock` (for the TDP MMU, which faults under the read
+/// lock) has no counterpart: every caller holds the MMU write lock.
+#[inline(always)]
+pub fn publish_unsync<M, U>(mem: &M, marker: &mut U, pages: impl IntoIterator<Item = U::Page>)
+where
+    M: MemoryModel,
+    U: UnsyncMarker + ?Sized,
+{
+    for sp in pages {
+        // kvm_unsync_page(). Relaxed: nothing reads these stores before the fence below
+        // publishes them, except under the MMU lock, whose release/acquire orders them anyway.
+        marker.set_unsync(sp, Ordering::Relaxed);
+        marker.mark_parents_unsync(sp, Ordering::Relaxed);
+    }
+    // smp_wmb(): steps 1.1 before 1.2 above. Pairs with the acquire the policy puts between the
+    // walker's load of SPTE.W and its loads of the flags in is_unsync_root().
+    mem.fence(Ordering::Release);
 }
 
 /// The check under the MMU lock (KVM's `mmu_sync_children` starting point). The lock's
@@ -237,6 +342,46 @@ mod tests {
         check_single_threaded::<AlwaysLock>();
         check_single_threaded::<SeqCstFence>();
         check_single_threaded::<NoBarrier>();
+    }
+
+    /// One log of what the shared writer asks of the MMU (the marker) and of the memory model,
+    /// in the order it asks.
+    type Log = core::cell::RefCell<std::vec::Vec<(&'static str, u32, Ordering)>>;
+    struct Recorder<'a>(&'a Log);
+    impl UnsyncMarker for Recorder<'_> {
+        type Page = u32;
+        fn set_unsync(&mut self, sp: u32, order: Ordering) {
+            self.0.borrow_mut().push(("unsync", sp, order));
+        }
+        fn mark_parents_unsync(&mut self, sp: u32, order: Ordering) {
+            self.0.borrow_mut().push(("parents", sp, order));
+        }
+    }
+    impl MemoryModel for Recorder<'_> {
+        fn fence(&self, order: Ordering) {
+            self.0.borrow_mut().push(("fence", 0, order));
+        }
+    }
+
+    #[test]
+    fn publish_unsync_marks_every_page_then_fences_once() {
+        let (r, rel) = (Ordering::Relaxed, Ordering::Release);
+        let log = Log::default();
+        publish_unsync(&Recorder(&log), &mut Recorder(&log), [7, 9]);
+        assert_eq!(
+            *log.borrow(),
+            [
+                ("unsync", 7, r),
+                ("parents", 7, r),
+                ("unsync", 9, r),
+                ("parents", 9, r),
+                ("fence", 0, rel),
+            ]
+        );
+        // No page left to unsync: still the fence, as KVM's smp_wmb() after an empty loop.
+        let log = Log::default();
+        publish_unsync(&Recorder(&log), &mut Recorder(&log), []);
+        assert_eq!(*log.borrow(), [("fence", 0, rel)]);
     }
 
     #[test]

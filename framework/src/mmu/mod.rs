@@ -53,7 +53,8 @@
 //!   (`account_shadowed` → `rmap_write_protect`, with a remote TLB flush).
 //! - A write fault on a write-protected *leaf* guest table unsyncs it
 //!   (`mmu_try_to_unsync_pages`): `sp.unsync = true`, parents' `unsync_children`, then
-//!   `fence(Release)` (smp_wmb), then SPTE.W = 1. Any other write to a shadowed gfn is emulated
+//!   `fence(Release)` (smp_wmb), then SPTE.W = 1. The flags and the fence are the policies
+//!   crate's `publish_unsync`, which the loom model runs too. Any other write to a shadowed gfn is emulated
 //!   ([`Mmu::emulate_write`] → `kvm_mmu_track_write`): the affected SPTE is zapped; misaligned
 //!   or repeated (write-flooding) writes zap the page.
 //! - On the guest's CR3 load / TLB flush, [`Mmu::kvm_mmu_sync_roots`] asks

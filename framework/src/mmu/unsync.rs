@@ -1,9 +1,10 @@
 //! The writer side of the protocol: `mmu_try_to_unsync_pages`, `kvm_unsync_page`,
-//! `kvm_mmu_mark_parents_unsync`.
+//! `kvm_mmu_mark_parents_unsync`. The ordering (flags, then smp_wmb) is the policies crate's
+//! [`publish_unsync`], the function the loom model checks; this file supplies the MMU's side.
 
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 
-use shadowlab_policies::SyncPolicy;
+use shadowlab_policies::{publish_unsync, HostMemory, SyncPolicy, UnsyncMarker};
 
 use super::page::{MmuState, SpIdx, SpteRef};
 use super::stats::{Counter, CounterBlock};
@@ -21,12 +22,20 @@ impl<P: SyncPolicy> Mmu<P> {
     /// W = 1 and later flushes must see the flags in `is_unsync_root`: that is the pairing the
     /// build's policy provides on the reader side. `false` means the SPTE stays write-protected.
     ///
+    /// The marking and the fence are [`publish_unsync`], the writer's ordering written once in
+    /// the policies crate, with the CPU 1 / CPU 2 timeline of the race it closes: the loom
+    /// model (`shadowlab verify`) runs that same function, so both sides of the protocol that
+    /// is model-checked are the code that runs here. This MMU supplies only its parent walk
+    /// ([`UnsyncMarker`] on [`UnsyncPath`]); the caller's SPTE store follows the return.
+    ///
     /// Differs from KVM: KVM write-tracks the gfns of upper-level shadow pages in its
     /// page-track machinery (`account_shadowed` for `role.level > PG_LEVEL_4K`) and refuses
     /// first if the gfn is tracked ("this guards the role.level == 4K assertion below"); here
     /// the same question is asked of the page hash directly. There is no separate
-    /// `mmu_unsync_pages_lock` because the whole call runs under the MMU write lock. Returns a
-    /// bool where KVM returns 0 / `-EPERM` / `-EEXIST` (its callers only test for nonzero).
+    /// `mmu_unsync_pages_lock` because the whole call runs under the MMU write lock. A gfn
+    /// that is not shadowed returns before the fence (KVM reaches its `smp_wmb()` with nothing
+    /// marked): there is no flag store to order. Returns a bool where KVM returns 0 / `-EPERM`
+    /// / `-EEXIST` (its callers only test for nonzero).
     pub(super) fn mmu_try_to_unsync_pages(
         &self,
         st: &mut MmuState,
@@ -49,43 +58,47 @@ impl<P: SyncPolicy> Mmu<P> {
             return false;
         }
         let list = list.clone();
-        for sp in list {
-            if !self.sp(sp).unsync.load(Ordering::Relaxed) {
-                self.kvm_unsync_page(st, c, sp);
-            }
-        }
-        // smp_wmb(): sp->unsync and the parents' unsync_children before SPTE.W (the caller's
-        // store). Pairs with the policy's check in is_unsync_root().
-        fence(Ordering::Release);
+        // Already-unsync pages are skipped, as KVM's loop does (`if (sp->unsync) continue;`):
+        // their flags are set and their parents marked.
+        let not_yet_unsync = list
+            .into_iter()
+            .filter(|&sp| !self.sp(sp).unsync.load(Ordering::Relaxed));
+        // Marks them, then smp_wmb(): sp->unsync and the parents' unsync_children before SPTE.W
+        // (the caller's store). Pairs with the policy's check in is_unsync_root().
+        publish_unsync(
+            &HostMemory,
+            &mut UnsyncPath { mmu: self, st, c },
+            not_yet_unsync,
+        );
         true
-    }
-
-    /// KVM's `kvm_unsync_page`.
-    fn kvm_unsync_page(&self, st: &mut MmuState, c: &CounterBlock, sp: SpIdx) {
-        c.inc(Counter::unsyncs);
-        self.sp(sp).unsync.store(true, Ordering::Relaxed);
-        self.kvm_mmu_mark_parents_unsync(st, sp);
     }
 
     /// KVM's `kvm_mmu_mark_parents_unsync`: sets this page's bit in every parent's
     /// `unsync_child_bitmap`, and walks further up from each parent whose `unsync_children`
     /// went from 0 to 1 (above it the path is already marked).
-    fn kvm_mmu_mark_parents_unsync(&self, st: &mut MmuState, sp: SpIdx) {
+    fn kvm_mmu_mark_parents_unsync(&self, st: &mut MmuState, sp: SpIdx, order: Ordering) {
         let parents = st.sp[sp.0 as usize].parent_ptes.clone();
         for r in parents {
-            self.mark_unsync(st, r);
+            self.mark_unsync_ordered(st, r, order);
         }
     }
 
-    /// KVM's `mark_unsync`: the entry `r` leads to an unsync page.
+    /// KVM's `mark_unsync`: the entry `r` leads to an unsync page. For `link_shadow_page`,
+    /// whose release store of the new link publishes the marks.
     pub(super) fn mark_unsync(&self, st: &mut MmuState, r: SpteRef) {
+        self.mark_unsync_ordered(st, r, Ordering::Relaxed);
+    }
+
+    /// [`Mmu::mark_unsync`] with the ordering of the `unsync_children` increments given by the
+    /// caller ([`publish_unsync`] chooses it on the unsync path).
+    fn mark_unsync_ordered(&self, st: &mut MmuState, r: SpteRef, order: Ordering) {
         let mut stack: smallvec::SmallVec<[SpteRef; 8]> = smallvec::smallvec![r];
         while let Some(r) = stack.pop() {
             let p = self.sp(r.sp);
             if p.test_and_set_child(r.index) {
                 continue;
             }
-            if p.unsync_children.fetch_add(1, Ordering::Relaxed) != 0 {
+            if p.unsync_children.fetch_add(1, order) != 0 {
                 continue;
             }
             stack.extend(st.sp[r.sp.0 as usize].parent_ptes.iter().copied());
@@ -95,5 +108,32 @@ impl<P: SyncPolicy> Mmu<P> {
     /// KVM's `kvm_unlink_unsync_page`.
     pub(super) fn kvm_unlink_unsync_page(&self, sp: SpIdx) {
         self.sp(sp).unsync.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The shadow MMU as [`publish_unsync`] sees it: its pages and their parent links, under the
+/// MMU write lock (`st` is the state that lock guards). Lives for one call of
+/// [`Mmu::mmu_try_to_unsync_pages`]; monomorphised and inlined, so it costs what the direct
+/// calls did.
+struct UnsyncPath<'a, P: SyncPolicy> {
+    mmu: &'a Mmu<P>,
+    st: &'a mut MmuState,
+    c: &'a CounterBlock,
+}
+
+impl<P: SyncPolicy> UnsyncMarker for UnsyncPath<'_, P> {
+    type Page = SpIdx;
+
+    /// KVM's `kvm_unsync_page` up to its `kvm_mmu_mark_parents_unsync` call: counts the
+    /// unsync (`kvm->stat.mmu_unsync`) and sets `sp->unsync`.
+    #[inline]
+    fn set_unsync(&mut self, sp: SpIdx, order: Ordering) {
+        self.c.inc(Counter::unsyncs);
+        self.mmu.sp(sp).unsync.store(true, order);
+    }
+
+    #[inline]
+    fn mark_parents_unsync(&mut self, sp: SpIdx, order: Ordering) {
+        self.mmu.kvm_mmu_mark_parents_unsync(self.st, sp, order);
     }
 }

@@ -1,10 +1,12 @@
-//! A loom model of the unsync protocol, run over the policies' own `is_unsync_root` code.
+//! A loom model of the unsync protocol, run over the code the shadow MMU runs on both sides:
+//! the policies' own `is_unsync_root` and the shared writer [`publish_unsync`].
 //!
 //! [`check`] explores every interleaving (and every value a relaxed load may return) of two
-//! vCPUs: one runs the writer side of `mmu_try_to_unsync_pages()`, the other walks its page
-//! table, writes its guest PTE through the now-writable mapping, flushes, and runs
-//! `kvm_mmu_sync_roots()` with the policy under test. A *violation* is an execution in which the
-//! flush skipped the sync, so the guest goes on with a stale translation.
+//! vCPUs: one runs the writer side of `mmu_try_to_unsync_pages()` ([`publish_unsync`], then the
+//! store of SPTE.W = 1), the other walks its page table, writes its guest PTE through the
+//! now-writable mapping, flushes, and runs `kvm_mmu_sync_roots()` with the policy under test. A
+//! *violation* is an execution in which the flush skipped the sync, so the guest goes on with a
+//! stale translation.
 //!
 //! The walker's own load of SPTE.W is modelled two ways ([`WalkerModel`]): relaxed, which is all
 //! the portable C11 / LKMM reading grants, and acquire, which is what x86 TSO plus the VM exit
@@ -15,6 +17,8 @@ mod protocol;
 
 use std::time::{Duration, Instant};
 
+#[cfg(doc)]
+use crate::publish_unsync;
 use crate::{AcquireLoad, AlwaysLock, NoBarrier, PolicyInfo, RmbFence, SeqCstFence, SyncPolicy};
 
 /// How the reader's page walker loads SPTE.W.
@@ -157,7 +161,7 @@ pub fn expected(policy: &str, walker: WalkerModel) -> Option<Outcome> {
 /// Model-checks policy `P` under `walker`, exhaustively (no preemption bound: the model is
 /// small enough).
 pub fn check<P: SyncPolicy>(walker: WalkerModel) -> Verdict {
-    protocol::explore::<P>(walker)
+    protocol::explore::<P>(walker, false)
 }
 
 /// [`check`] for a policy named at run time (the driver's entry point; not a hot path).
@@ -212,4 +216,62 @@ pub fn verdict_matrix() -> Vec<Cell> {
         }
     }
     cells
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer is model-checked too, not assumed: with the release fence of the shared
+    /// writer skipped (and the model's relaxed SPTE.W store), every lockless policy loses its
+    /// pairing under both walker models (an acquire walker has no release to synchronise with),
+    /// while `always-lock` still holds because the MMU lock orders the writer's stores for it.
+    fn assert_without_writer_fence<P: SyncPolicy>(expected: Outcome) {
+        for walker in WalkerModel::ALL {
+            let verdict = protocol::explore::<P>(walker, true);
+            assert_eq!(
+                verdict.outcome(),
+                expected,
+                "{} under {} without the writer's fence: {}",
+                P::NAME,
+                walker.name(),
+                verdict.cell()
+            );
+            if let Verdict::Violation { interleaving, .. } = &verdict {
+                let text = interleaving.join("\n");
+                assert!(text.contains("fence(Release) ELIDED  [smp_wmb]"), "{text}");
+                assert!(text.contains("sync SKIPPED"), "{text}");
+                assert!(text.contains("STALE"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn without_the_writers_fence_every_lockless_policy_violates() {
+        assert_without_writer_fence::<AcquireLoad>(Outcome::Violation);
+        assert_without_writer_fence::<RmbFence>(Outcome::Violation);
+        assert_without_writer_fence::<SeqCstFence>(Outcome::Violation);
+        assert_without_writer_fence::<NoBarrier>(Outcome::Violation);
+        assert_without_writer_fence::<AlwaysLock>(Outcome::Correct);
+    }
+
+    #[test]
+    fn the_writers_fence_is_in_every_trace() {
+        // The writer of the model is the shared one: its fence is logged as smp_wmb between the
+        // flag stores and SPTE.W = 1 in the counterexample.
+        let Verdict::Violation { interleaving, .. } = check::<NoBarrier>(WalkerModel::Relaxed)
+        else {
+            panic!("no-barrier must violate under a relaxed walker");
+        };
+        let at = |needle: &str| {
+            interleaving
+                .iter()
+                .position(|e| e.contains(needle))
+                .unwrap_or_else(|| panic!("no '{needle}' in {interleaving:#?}"))
+        };
+        let fence = at("fence(Release)  [smp_wmb]");
+        assert!(at("store leaf.unsync = true") < fence);
+        assert!(at("store root.unsync_children = 1") < fence);
+        assert!(fence < at("store SPTE.W = 1"));
+    }
 }

@@ -9,7 +9,9 @@ use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64};
 use loom::sync::{Arc, Mutex};
 
 use super::{Coverage, Verdict, WalkerModel};
-use crate::{unsync_under_lock, MemoryModel, SyncPolicy, UnsyncFlags};
+use crate::{
+    publish_unsync, unsync_under_lock, MemoryModel, SyncPolicy, UnsyncFlags, UnsyncMarker,
+};
 
 /// The gPTE value before and after the reader's guest write.
 const OLD_GPTE: u64 = 0x1000 | 1;
@@ -62,16 +64,56 @@ impl UnsyncFlags for Seen<'_> {
     }
 }
 
-/// Loom's fences, recorded in the trace.
+/// Loom's fences, recorded in the trace (with `note` after the event, e.g. "[smp_wmb]").
 struct LoomMemory<'a> {
     who: &'static str,
+    note: &'static str,
     trace: &'a Trace,
+    /// A negative control for the tests only: the writer's fence is skipped (but still logged),
+    /// to show that the model's verdicts rest on the fence in the shared writer.
+    elide: bool,
 }
 
 impl MemoryModel for LoomMemory<'_> {
     fn fence(&self, order: Ordering) {
-        self.trace.log(format!("{}: fence({order:?})", self.who));
+        if self.elide {
+            self.trace.log(format!(
+                "{}: fence({order:?}) ELIDED{}",
+                self.who, self.note
+            ));
+            return;
+        }
+        self.trace
+            .log(format!("{}: fence({order:?}){}", self.who, self.note));
         fence(order);
+    }
+}
+
+/// The writer's flag stores, in loom atomics: [`publish_unsync`]'s view of the model. The
+/// model's only unsync-able page is its leaf, and the leaf's only parent is the root.
+struct ModelMarker<'a> {
+    root: &'a ModelPage,
+    who: &'static str,
+    trace: &'a Trace,
+}
+
+impl<'a> UnsyncMarker for ModelMarker<'a> {
+    type Page = &'a ModelPage;
+
+    fn set_unsync(&mut self, sp: &'a ModelPage, order: Ordering) {
+        sp.unsync.store(true, order);
+        self.trace
+            .log(format!("{}: store {}.unsync = true", self.who, sp.name));
+    }
+
+    fn mark_parents_unsync(&mut self, _sp: &'a ModelPage, order: Ordering) {
+        // mark_unsync() on the leaf's one parent entry: the root's unsync_children goes 0 -> 1,
+        // and the root has no parent to walk on to.
+        let v = self.root.unsync_children.fetch_add(1, order) + 1;
+        self.trace.log(format!(
+            "{}: store {}.unsync_children = {v}",
+            self.who, self.root.name
+        ));
     }
 }
 
@@ -88,19 +130,29 @@ struct Vm {
     shadow_pte: AtomicU64,
 }
 
-/// vCPU 1: a write fault on the guest's leaf page table, `mmu_try_to_unsync_pages()`.
-fn writer(vm: &Vm, trace: &Trace) {
+/// vCPU 1: a write fault on the guest's leaf page table, `mmu_try_to_unsync_pages()`: the
+/// shared writer [`publish_unsync`] (the code the VMM runs), then the caller's store of
+/// SPTE.W = 1. That store is relaxed here, the weakest the caller could make and what KVM makes
+/// (`mmu_spte_set` is a `WRITE_ONCE`), so the fence alone carries the ordering; the shadow MMU's
+/// `store_spte` is a Release store (for new links, whose tables must be seen zeroed), which
+/// only adds order, so a correct verdict here holds for the VMM's store too. `elide_fence` is
+/// the tests' negative control.
+fn writer(vm: &Vm, trace: &Trace, elide_fence: bool) {
     let who = "vCPU1 (mmu_try_to_unsync_pages)";
     let _guard = vm.mmu_lock.lock().unwrap();
     trace.log(format!("{who}: write_lock(mmu_lock)"));
-    vm.leaf.unsync.store(true, Ordering::Relaxed);
-    trace.log(format!("{who}: store leaf.unsync = true"));
-    // kvm_mmu_mark_parents_unsync(): the root learns it has an unsync child.
-    vm.root.unsync_children.fetch_add(1, Ordering::Relaxed);
-    trace.log(format!("{who}: store root.unsync_children = 1"));
-    // smp_wmb(): the flags must be visible before anyone can write through SPTE.W = 1.
-    trace.log(format!("{who}: fence(Release)  [smp_wmb]"));
-    fence(Ordering::Release);
+    let mem = LoomMemory {
+        who,
+        note: "  [smp_wmb]",
+        trace,
+        elide: elide_fence,
+    };
+    let mut marker = ModelMarker {
+        root: &vm.root,
+        who,
+        trace,
+    };
+    publish_unsync(&mem, &mut marker, [&vm.leaf]);
     vm.spte_w.store(true, Ordering::Relaxed);
     trace.log(format!("{who}: store SPTE.W = 1  [gPT page now writable]"));
     trace.log(format!("{who}: write_unlock(mmu_lock)"));
@@ -139,7 +191,13 @@ fn reader<P: SyncPolicy>(vm: &Vm, walker: WalkerModel, trace: &Trace) -> (Path, 
         trace,
     };
     let mut path = Path::Skipped;
-    if P::is_unsync_root(&LoomMemory { who, trace }, &seen) {
+    let mem = LoomMemory {
+        who,
+        note: "",
+        trace,
+        elide: false,
+    };
+    if P::is_unsync_root(&mem, &seen) {
         let _guard = vm.mmu_lock.lock().unwrap();
         trace.log(format!("{who}: write_lock(mmu_lock)"));
         if unsync_under_lock(&seen) {
@@ -180,7 +238,10 @@ enum Path {
 }
 
 /// Explores the protocol under loom with policy `P`.
-pub(super) fn explore<P: SyncPolicy>(walker: WalkerModel) -> Verdict {
+///
+/// `elide_writer_fence` skips the release fence of the shared writer: only the tests' negative
+/// control sets it.
+pub(super) fn explore<P: SyncPolicy>(walker: WalkerModel, elide_writer_fence: bool) -> Verdict {
     let executions = StdArc::new(StdAtomicU64::new(0));
     let violating = StdArc::new(StdAtomicU64::new(0));
     let coverage: StdArc<StdMutex<Coverage>> = StdArc::default();
@@ -217,7 +278,7 @@ pub(super) fn explore<P: SyncPolicy>(walker: WalkerModel) -> Verdict {
             });
             let writer_thread = {
                 let (vm, trace) = (vm.clone(), trace.clone());
-                loom::thread::spawn(move || writer(&vm, &trace))
+                loom::thread::spawn(move || writer(&vm, &trace, elide_writer_fence))
             };
             let (path, stale) = reader::<P>(&vm, walker, &trace);
             writer_thread.join().unwrap();
