@@ -326,13 +326,15 @@ mod tests {
     /// Samples spread over many orders of magnitude: a log-uniform mantissa/exponent pair.
     fn samples() -> impl Strategy<Value = Vec<u64>> {
         prop::collection::vec(
-            (0u32..64, any::<u64>()).prop_map(|(bits, r)| {
-                if bits == 0 {
-                    0
-                } else {
-                    r >> (64 - bits)
-                }
-            }),
+            (0u32..64, any::<u64>()).prop_map(
+                |(bits, r)| {
+                    if bits == 0 {
+                        0
+                    } else {
+                        r >> (64 - bits)
+                    }
+                },
+            ),
             1..400,
         )
     }

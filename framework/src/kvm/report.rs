@@ -244,9 +244,8 @@ pub struct WorkloadReport {
 }
 
 // The block carries `Histogram::buckets` word for word.
-const _: () = assert!(
-    shadowlab_guest_abi::report_words::NR_BUCKETS == shadowlab_workloads::hist::BUCKETS
-);
+const _: () =
+    assert!(shadowlab_guest_abi::report_words::NR_BUCKETS == shadowlab_workloads::hist::BUCKETS);
 
 impl WorkloadReport {
     /// From the report block's words (`shadowlab_guest_abi::report_words`).
@@ -442,9 +441,10 @@ mod tests {
         assert_eq!(rep.latency, h);
         assert_eq!(rep.ops, 6);
         // 204 and 257 are told apart (log2 buckets said 255 for both).
-        assert_eq!(rep.latency.percentile(500), Some(Histogram::representative(
-            Histogram::bucket_of(204)
-        )));
+        assert_eq!(
+            rep.latency.percentile(500),
+            Some(Histogram::representative(Histogram::bucket_of(204)))
+        );
         assert_eq!(rep.latency.percentile(1000), Some(1000));
         assert_eq!(WorkloadReport::from_words(&words[1..]), None);
     }
