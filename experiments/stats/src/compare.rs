@@ -14,7 +14,7 @@ pub const DEFAULT_COMPARE_FLOOR: f64 = 0.05;
 /// The ratio of medians `median(new) / median(old)` of two independent samples (two runs: no
 /// blocks in common to pair), with an unpaired percentile-bootstrap interval: each resample
 /// draws `old` and `new` with replacement, independently, and takes the ratio of their medians.
-/// Above 1: `new` is slower.
+/// Above 1: `new` is slower. The estimate's `n` is the smaller of the two sample sizes.
 pub fn ratio_of_medians(
     old: &[f64],
     new: &[f64],

@@ -40,8 +40,7 @@ impl BootstrapConfig {
         if self.resamples == 0 {
             return Err(StatsError::NoResamples);
         }
-        // `!(0 < level < 1)` also refuses NaN.
-        if !(self.level > 0.0 && self.level < 1.0) {
+        if self.level.is_nan() || self.level <= 0.0 || self.level >= 1.0 {
             return Err(StatsError::Level(self.level));
         }
         Ok(())

@@ -33,6 +33,10 @@ pub const BUCKETS: usize = SUB_BUCKETS * (64 - SUB_BITS as usize + 1);
 /// (a value of 0 is reported exactly).
 pub const MAX_RELATIVE_ERROR: f64 = 1.0 / (2 * SUB_BUCKETS) as f64;
 
+// Issue 9 asks for <= 3%; the guest's report block (guest-abi `report_words`) is sized for
+// exactly this many buckets.
+const _: () = assert!(MAX_RELATIVE_ERROR <= 0.03 && BUCKETS == 1920);
+
 /// Per-op latency samples (in [`crate::Cpu::timestamp`] units) in log-linear buckets, plus exact
 /// count, sum, min and max. Quantiles are within [`MAX_RELATIVE_ERROR`] of the true value; the
 /// mean (`sum / count`) is exact.
@@ -211,12 +215,6 @@ mod tests {
     }
 
     #[test]
-    fn the_bound_is_under_three_percent() {
-        assert!(MAX_RELATIVE_ERROR <= 0.03);
-        assert_eq!(BUCKETS, 1920);
-    }
-
-    #[test]
     fn buckets_tile_the_u64_range() {
         // Contiguous, in order, no gaps and no overlaps, from 0 to u64::MAX.
         assert_eq!(Histogram::bucket_lower(0), 0);
@@ -254,6 +252,9 @@ mod tests {
         }
         // The bound is tight to within rounding (not a loose over-estimate).
         assert!(worst > 0.95 * MAX_RELATIVE_ERROR, "worst {worst}");
+        std::eprintln!(
+            "worst relative error over all u64: {worst:.6} (bound {MAX_RELATIVE_ERROR:.6})"
+        );
     }
 
     #[test]
