@@ -211,10 +211,12 @@ pub mod report_words {
     pub const LAT_MIN: usize = 10;
     /// Largest sample.
     pub const LAT_MAX: usize = 11;
-    /// First of the log2 histogram buckets.
+    /// First of the latency histogram's buckets (`shadowlab_workloads::Histogram::buckets`:
+    /// log-linear, 32 per power of two).
     pub const LAT_BUCKETS: usize = 12;
-    /// Number of histogram buckets.
-    pub const NR_BUCKETS: usize = 65;
+    /// Number of histogram buckets (`shadowlab_workloads::hist::BUCKETS`; the guest and the
+    /// VMM each check the two agree at compile time).
+    pub const NR_BUCKETS: usize = 1920;
     /// Words in the block.
     pub const TOTAL: usize = LAT_BUCKETS + NR_BUCKETS;
 }

@@ -237,9 +237,15 @@ pub struct WorkloadReport {
     pub latency_min: u64,
     /// The largest.
     pub latency_max: u64,
-    /// log2 buckets: bucket b counts samples in `[2^(b-1), 2^b)` (bucket 0: zero).
-    pub latency_buckets: Vec<u64>,
+    /// The latency histogram's non-empty buckets, as (bucket index, samples) in index order
+    /// (`shadowlab_workloads::Histogram::bucket_of`: log-linear, 32 buckets per power of two;
+    /// most of the 1920 are empty, so they are not listed).
+    pub latency_buckets: Vec<(usize, u64)>,
 }
+
+// The block carries `Histogram::buckets` word for word.
+const _: () =
+    assert!(shadowlab_guest_abi::report_words::NR_BUCKETS == shadowlab_workloads::hist::BUCKETS);
 
 impl WorkloadReport {
     /// From the report block's words (`shadowlab_guest_abi::report_words`).
@@ -261,7 +267,12 @@ impl WorkloadReport {
             latency_sum: w[r::LAT_SUM],
             latency_min: w[r::LAT_MIN],
             latency_max: w[r::LAT_MAX],
-            latency_buckets: w[r::LAT_BUCKETS..].to_vec(),
+            latency_buckets: w[r::LAT_BUCKETS..]
+                .iter()
+                .enumerate()
+                .filter(|&(_, &n)| n != 0)
+                .map(|(b, &n)| (b, n))
+                .collect(),
         })
     }
 
@@ -269,8 +280,13 @@ impl WorkloadReport {
     /// ABI as words), so that every backend's reports are summarised by the same code.
     pub fn to_report(&self) -> shadowlab_workloads::Report {
         let mut latency = shadowlab_workloads::Histogram::new();
-        for (dst, src) in latency.buckets.iter_mut().zip(&self.latency_buckets) {
-            *dst = *src;
+        for &(b, n) in &self.latency_buckets {
+            // A bucket index out of range can only come from a hand-built report (from_words
+            // yields indices below NR_BUCKETS): it is dropped, and `count` still says how
+            // many samples there were.
+            if let Some(dst) = latency.buckets.get_mut(b) {
+                *dst = n;
+            }
         }
         latency.count = self.latency_count;
         latency.sum = self.latency_sum;
@@ -395,18 +411,41 @@ mod tests {
 
     #[test]
     fn the_report_converts_back_with_its_latency_histogram() {
-        let mut r = WorkloadReport {
-            latency_count: 4,
-            latency_min: 5,
-            latency_max: 1000,
-            latency_buckets: vec![0; 65],
-            ..Default::default()
-        };
-        r.latency_buckets[3] = 2; // [4, 8)
-        r.latency_buckets[10] = 2; // [512, 1024)
+        use shadowlab_guest_abi::report_words as w;
+        use shadowlab_workloads::Histogram;
+        // What the guest does: a workload's histogram, copied word for word into the block.
+        let mut h = Histogram::new();
+        for v in [5, 7, 204, 257, 1000, 1000] {
+            h.record(v);
+        }
+        let mut words = vec![0u64; w::TOTAL];
+        words[w::OPS] = 6;
+        words[w::LAT_COUNT] = h.count;
+        words[w::LAT_SUM] = h.sum;
+        words[w::LAT_MIN] = h.min;
+        words[w::LAT_MAX] = h.max;
+        words[w::LAT_BUCKETS..].copy_from_slice(&h.buckets);
+        let r = WorkloadReport::from_words(&words).unwrap();
+        // Only the non-empty buckets are kept (and serialised).
+        assert_eq!(
+            r.latency_buckets,
+            vec![
+                (5, 1),
+                (7, 1),
+                (Histogram::bucket_of(204), 1),
+                (Histogram::bucket_of(257), 1),
+                (Histogram::bucket_of(1000), 2)
+            ]
+        );
         let rep = r.to_report();
-        assert_eq!(rep.latency.percentile(500), Some(7));
-        // The top bucket's bound (1023) is clamped to the exact maximum the guest sent.
+        assert_eq!(rep.latency, h);
+        assert_eq!(rep.ops, 6);
+        // 204 and 257 are told apart (log2 buckets said 255 for both).
+        assert_eq!(
+            rep.latency.percentile(500),
+            Some(Histogram::representative(Histogram::bucket_of(204)))
+        );
         assert_eq!(rep.latency.percentile(1000), Some(1000));
+        assert_eq!(WorkloadReport::from_words(&words[1..]), None);
     }
 }

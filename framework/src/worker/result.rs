@@ -46,8 +46,9 @@ pub enum Verdict {
     Fail,
 }
 
-/// Percentiles of a per-op latency histogram (log2 buckets: each value is a bucket's upper
-/// bound), in the backend's timestamp unit.
+/// Percentiles of a per-op latency histogram (log-linear buckets: each value is within
+/// `shadowlab_workloads::hist::MAX_RELATIVE_ERROR`, 1.6%, of the true quantile), in the
+/// backend's timestamp unit.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct LatencySummary {
     /// The unit of the values (`ns` on sim, `tsc` in a guest).
@@ -74,7 +75,7 @@ impl LatencySummary {
         LatencySummary {
             unit,
             samples: h.count,
-            mean: h.sum.checked_div(h.count),
+            mean: h.mean(),
             min: (h.count > 0).then_some(h.min),
             max: (h.count > 0).then_some(h.max),
             p50: h.percentile(500),

@@ -50,6 +50,26 @@ pub fn every_workload_on_one_and_two_vcpus(
                 let rep = done.report.as_ref().expect("a workload report");
                 assert_eq!(rep.ops, w.expected_ops(), "{} vCPU {}", w.name(), v.vcpu);
                 checks += rep.checks;
+                // The latency histogram crossed the ucall ABI whole: its buckets hold every
+                // sample, and its quantiles lie between the exact min and max.
+                let lat = rep.to_report().latency;
+                assert!(
+                    lat.count > 0,
+                    "{} vCPU {}: no latency samples",
+                    w.name(),
+                    v.vcpu
+                );
+                assert_eq!(
+                    lat.buckets.iter().sum::<u64>(),
+                    lat.count,
+                    "{} vCPU {}: latency buckets",
+                    w.name(),
+                    v.vcpu
+                );
+                for p in [0, 500, 990, 1000] {
+                    let q = lat.percentile(p).expect("samples");
+                    assert!(lat.min <= q && q <= lat.max, "{} p{p} {q}", w.name());
+                }
             }
             // exit-floor reads nothing back; unsync-race on one vCPU has no reader.
             let checks_nothing = w.name() == "exit-floor" || (w.name() == "unsync-race" && n == 1);
