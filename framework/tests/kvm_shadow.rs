@@ -7,8 +7,8 @@ use shadowlab_workloads::Run;
 use std::time::Duration;
 
 use shadowlab_framework::kvm::{
-    program, run_kvm, run_kvm_reports, FailureKind, GuestParams, HostCoherence,
-    HostCoherenceStats, RunConfig, RunResult,
+    program, run_kvm, run_kvm_reports, FailureKind, GuestParams, HostCoherence, HostCoherenceStats,
+    RunConfig, RunResult,
 };
 use shadowlab_framework::BuildPolicy;
 use shadowlab_workloads::layout::WORKLOAD_BASE;
@@ -80,7 +80,10 @@ fn a_user_call_runs_and_nx_and_u_of_the_shadow_leaf_are_enforced() {
             },
             Ok(d) => panic!("case {case}: the permission was not enforced: DONE {d:?}"),
         }
-        eprintln!("kvm fetch probe case {case}: {:?}", v.outcome.as_ref().err());
+        eprintln!(
+            "kvm fetch probe case {case}: {:?}",
+            v.outcome.as_ref().err()
+        );
     }
 }
 

@@ -565,7 +565,9 @@ fn user_accesses_need_u_at_every_level_even_through_a_supervisor_filled_tlb_entr
             cpu.flush_tlb();
             cpu.set_privilege(Privilege::Supervisor);
             assert_eq!(cpu.try_read_u64(UVA).unwrap(), 0xc3, "level {level}");
-            let t = cpu.tlb_entry(UVA).expect("the supervisor read filled the TLB");
+            let t = cpu
+                .tlb_entry(UVA)
+                .expect("the supervisor read filled the TLB");
             assert_eq!(t.access & ACC_USER, 0, "level {level}: {t:?}");
             cpu.set_privilege(Privilege::User);
             let f = guest_fault(cpu.try_read_u64(UVA));
@@ -583,8 +585,7 @@ fn user_accesses_need_u_at_every_level_even_through_a_supervisor_filled_tlb_entr
                 "level {level}"
             );
             // The shadow side agrees with the guest's tables (U clear, after the flush).
-            check_translation(UVA, &cpu.guest_translate(UVA), &cpu.shadow_translate(UVA))
-                .unwrap();
+            check_translation(UVA, &cpu.guest_translate(UVA), &cpu.shadow_translate(UVA)).unwrap();
             cpu.write_u64(e, v);
             cpu.flush_tlb();
             assert_eq!(cpu.try_read_u64(UVA).unwrap(), 0xc3, "level {level}");
