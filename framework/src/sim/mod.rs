@@ -14,6 +14,7 @@
 //! // Lower level, for property tests that drive vCPUs by hand:
 //! let vm = SimVm::<P>::new(&cfg)?;  let mut cpu = vm.cpu(0)?;
 //! cpu.try_write_u64(gva, v)?; cpu.try_load_cr3(root)?; cpu.flush_tlb(); cpu.invlpg(gva);
+//! cpu.set_privilege(Privilege::Supervisor); cpu.try_fetch(gva)?;   // user by default
 //! cpu.guest_translate(gva) vs cpu.shadow_translate(gva)    // + mmu::check_translation
 //! vm.mmu().audit()
 //! ```
