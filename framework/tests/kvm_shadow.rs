@@ -7,8 +7,11 @@ use shadowlab_workloads::Run;
 use std::time::Duration;
 
 use shadowlab_framework::kvm::{
-    program, run_kvm, GuestParams, HostCoherence, HostCoherenceStats, RunConfig, RunResult,
+    program, run_kvm, run_kvm_reports, FailureKind, GuestParams, HostCoherence, HostCoherenceStats,
+    RunConfig, RunResult,
 };
+use shadowlab_framework::BuildPolicy;
+use shadowlab_workloads::layout::WORKLOAD_BASE;
 
 fn config(nr_vcpus: usize) -> RunConfig {
     RunConfig {
@@ -38,6 +41,50 @@ fn builtin_programs_run_on_shadow_tables() {
         "kvm nop: {:?} host flushes {:?}",
         r.vcpus[0].exits, r.host_flushes
     );
+}
+
+/// `Cpu::fetch` is a real call at CPL3 through a page the guest mapped, and the hardware,
+/// walking our shadow tables, enforces what the guest's tables say: after the guest makes the
+/// page NX (a read still works and caches the translation) the call takes #PF with P|U|I/D;
+/// after it clears U, a read takes #PF with P|U. Fails if the shadow leaf never got NX or
+/// always got U.
+#[test]
+fn a_user_call_runs_and_nx_and_u_of_the_shadow_leaf_are_enforced() {
+    require_kvm!("a_user_call_runs_and_nx_and_u_of_the_shadow_leaf_are_enforced");
+    // (case, SYNC values seen, #PF error code: P=1, U=4, I/D=16).
+    for (case, syncs, error_code) in [
+        (program::FETCH_NX, vec![1, 2], 0x15),
+        (program::FETCH_SUPERVISOR, vec![1], 0x5),
+    ] {
+        let r = run_kvm_reports::<BuildPolicy>(
+            &config(1),
+            &GuestParams::builtin(program::FETCH_PROBE, case),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let v = &r.vcpus[0];
+        let seen: Vec<u64> = v
+            .syncs
+            .iter()
+            .filter(|s| s.0 == program::FETCH_STAGE)
+            .map(|s| s.1)
+            .collect();
+        assert_eq!(seen, syncs, "case {case}: {:?}", v.outcome);
+        match &v.outcome {
+            Err(f) => match &f.kind {
+                FailureKind::Exception { frame, cr2 } => {
+                    assert_eq!(frame.vector, 14, "case {case}: {f}");
+                    assert_eq!(*cr2, WORKLOAD_BASE, "case {case}: {f}");
+                    assert_eq!(frame.error_code, error_code, "case {case}: {f}");
+                }
+                other => panic!("case {case}: expected #PF, got {other:?}"),
+            },
+            Ok(d) => panic!("case {case}: the permission was not enforced: DONE {d:?}"),
+        }
+        eprintln!(
+            "kvm fetch probe case {case}: {:?}",
+            v.outcome.as_ref().err()
+        );
+    }
 }
 
 /// Every workload, unchanged, on our shadow MMU (reduced iterations: correctness, not speed).

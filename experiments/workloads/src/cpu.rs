@@ -26,6 +26,9 @@ pub struct CheckFailed {
     pub found: u64,
 }
 
+/// The x86 `ret` opcode: what [`Cpu::fetch`] executes.
+pub const RET: u8 = 0xc3;
+
 /// One guest vCPU as a workload sees it.
 pub trait Cpu {
     /// This vCPU's index, `0..nr_vcpus()`.
@@ -56,6 +59,14 @@ pub trait Cpu {
     /// Atomically adds to the 8 bytes at `gva` and returns the old value (sequentially
     /// consistent). For cross-vCPU coordination.
     fn fetch_add_u64(&mut self, gva: u64, value: u64) -> u64;
+    /// Executes the instruction at `gva`, which must be a one-byte `ret` ([`RET`]) the workload
+    /// stored there (through the direct map): an **instruction fetch** through the current
+    /// tables, at the workload's privilege (CPL3 in a `kvm`/`native` guest, user by default on
+    /// `sim`). It needs the page executable (NX clear at every level, EFER.NXE is set) and, from
+    /// user mode, U at every level; otherwise it takes a #PF with the I/D bit in the error code.
+    /// On `kvm` and `native` this is a real indirect `call`; on `sim` a fetch access through the
+    /// software TLB and shadow tables that decodes the byte.
+    fn fetch(&mut self, gva: u64);
     /// A spin-wait hint (`pause` in a guest, a yield in sim).
     fn pause(&mut self);
 

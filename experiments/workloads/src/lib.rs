@@ -35,7 +35,7 @@ mod mock;
 #[cfg(test)]
 mod paging_props;
 
-pub use cpu::{CheckFailed, Cpu};
+pub use cpu::{CheckFailed, Cpu, RET};
 pub use error::{PtError, WorkloadError};
 pub use frames::FrameAlloc;
 pub use hist::Histogram;

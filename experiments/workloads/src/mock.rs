@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 use std::vec::Vec;
 
-use crate::cpu::Cpu;
+use crate::cpu::{Cpu, RET};
 use crate::error::WorkloadError;
 use crate::layout::{pt_index, pte, DIRECT_MAP_BASE, DIRECT_MAP_SLOT, PAGE_SIZE, PT_ENTRIES};
 use crate::report::Report;
@@ -150,8 +150,8 @@ pub struct MockCpu<'m> {
     id: usize,
     cr3: u64,
     mode: TlbMode,
-    /// Virtual page number -> (frame, writable).
-    tlb: HashMap<u64, (u64, bool)>,
+    /// Virtual page number -> (frame, writable, executable).
+    tlb: HashMap<u64, (u64, bool, bool)>,
     invlpgs: u64,
     flushes: u64,
 }
@@ -167,20 +167,26 @@ impl MockCpu<'_> {
         self.flushes
     }
 
-    /// The RAM word `gva` translates to, for an access of kind `write`.
-    fn translate(&mut self, gva: u64, write: bool) -> &'_ AtomicU64 {
+    /// The RAM word `gva` translates to, for `access` (supervisor: the mock's direct map has no
+    /// U). Instruction fetches need not be aligned; the word holding the byte is returned.
+    fn translate(&mut self, gva: u64, access: Access) -> &'_ AtomicU64 {
         assert!(
-            gva % 8 == 0,
+            access.fetch || gva % 8 == 0,
             "vCPU {}: unaligned access at {gva:#x}",
             self.id
         );
         let vpn = gva >> 12;
-        let offset = gva & (PAGE_SIZE - 1);
+        let offset = gva & (PAGE_SIZE - 8);
         if self.mode != TlbMode::None {
-            if let Some(&(frame, writable)) = self.tlb.get(&vpn) {
+            if let Some(&(frame, writable, exec)) = self.tlb.get(&vpn) {
                 assert!(
-                    !write || writable,
+                    !access.write || writable,
                     "vCPU {}: #PF write to read-only (cached) {gva:#x}",
+                    self.id
+                );
+                assert!(
+                    !access.fetch || exec,
+                    "vCPU {}: #PF fetch from no-execute (cached) {gva:#x}",
                     self.id
                 );
                 return self.m.word(frame + offset).expect("TLB entry outside RAM");
@@ -190,10 +196,6 @@ impl MockCpu<'_> {
         let t = match walk(&mut mem, self.cr3, gva) {
             Ok(t) => t,
             Err(f) => panic!("vCPU {}: #PF {f:?} (cr3 {:#x})", self.id, self.cr3),
-        };
-        let access = Access {
-            write,
-            ..Access::READ
         };
         assert!(
             t.permits(access),
@@ -206,6 +208,7 @@ impl MockCpu<'_> {
             // workload that relies on "I have not touched that page since the last flush"
             // instead of invalidating after a PTE change reads stale data here.
             let upper_w = t.entries[..3].iter().all(|e| e & pte::W != 0);
+            let upper_x = t.entries[..3].iter().all(|e| e & pte::NX == 0);
             for k in 0..PT_ENTRIES as u64 {
                 let e = self
                     .m
@@ -213,13 +216,21 @@ impl MockCpu<'_> {
                     .map_or(0, |w| w.load(Ordering::Acquire));
                 let frame = e & pte::ADDR_MASK;
                 if e & pte::P != 0 && self.m.word(frame).is_some() {
-                    self.tlb
-                        .insert((vpn & !511) | k, (frame, upper_w && e & pte::W != 0));
+                    self.tlb.insert(
+                        (vpn & !511) | k,
+                        (
+                            frame,
+                            upper_w && e & pte::W != 0,
+                            upper_x && e & pte::NX == 0,
+                        ),
+                    );
                 }
             }
-            self.tlb.insert(vpn, (t.frame(), t.writable));
+            self.tlb.insert(vpn, (t.frame(), t.writable, !t.nx));
         }
-        self.m.word(t.gpa).expect("walk returned a gpa outside RAM")
+        self.m
+            .word(t.gpa & !7)
+            .expect("walk returned a gpa outside RAM")
     }
 }
 
@@ -240,13 +251,28 @@ impl Cpu for MockCpu<'_> {
         self.m.shared
     }
     fn read_u64(&mut self, gva: u64) -> u64 {
-        self.translate(gva, false).load(Ordering::Acquire)
+        self.translate(gva, Access::READ).load(Ordering::Acquire)
     }
     fn write_u64(&mut self, gva: u64, value: u64) {
-        self.translate(gva, true).store(value, Ordering::Release)
+        self.translate(gva, Access::WRITE)
+            .store(value, Ordering::Release)
     }
     fn fetch_add_u64(&mut self, gva: u64, value: u64) -> u64 {
-        self.translate(gva, true).fetch_add(value, Ordering::SeqCst)
+        self.translate(gva, Access::WRITE)
+            .fetch_add(value, Ordering::SeqCst)
+    }
+    fn fetch(&mut self, gva: u64) {
+        let fetch = Access {
+            fetch: true,
+            ..Access::READ
+        };
+        let word = self.translate(gva, fetch).load(Ordering::Acquire);
+        let byte = (word >> (8 * (gva & 7))) as u8;
+        assert_eq!(
+            byte, RET,
+            "vCPU {}: fetched {byte:#04x} at {gva:#x}, not a ret",
+            self.id
+        );
     }
     fn pause(&mut self) {
         std::thread::yield_now()
@@ -280,5 +306,39 @@ impl Cpu for MockCpu<'_> {
 impl MockCpu<'_> {
     fn hypercalls_inc(&self) {
         self.m.hypercalls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{direct_map, WORKLOAD_BASE};
+    use crate::{Flags, FrameAlloc, PageTables, TlbGather};
+
+    /// A `ret` on an executable page runs; the same page made no-execute faults, also when a
+    /// read cached the translation first (the TLB keeps the permission it was filled with).
+    #[test]
+    fn fetch_runs_a_ret_and_honours_nx_through_the_tlb() {
+        let m = Machine::new(4, 1);
+        let mut cpu = m.cpu_with(0, TlbMode::Real);
+        let mut frames = FrameAlloc::for_cpu(&cpu);
+        let boot = cpu.boot_root();
+        let mut pt = PageTables::new_root(&mut cpu, &mut frames, boot, &[]).unwrap();
+        let code = frames.alloc(&mut cpu).unwrap();
+        cpu.write_u64(direct_map(code), u64::from(RET) << 24);
+        pt.map(&mut cpu, &mut frames, WORKLOAD_BASE, code, Flags::RX)
+            .unwrap();
+        cpu.load_cr3(pt.root());
+        cpu.fetch(WORKLOAD_BASE + 3);
+        let mut tlb = TlbGather::new();
+        pt.protect(&mut cpu, WORKLOAD_BASE, Flags::RO, &mut tlb)
+            .unwrap();
+        cpu.invlpg(WORKLOAD_BASE);
+        assert_eq!(cpu.read_u64(WORKLOAD_BASE), u64::from(RET) << 24);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cpu.fetch(WORKLOAD_BASE + 3)
+        }));
+        let msg = *r.unwrap_err().downcast::<std::string::String>().unwrap();
+        assert!(msg.contains("no-execute"), "{msg}");
     }
 }

@@ -30,6 +30,9 @@ impl Flags {
     /// User data, read-only, no-execute; A preset.
     pub const RO: Flags = Flags(pte::P | pte::U | pte::NX | pte::A);
 
+    /// User code, read-only, executable; A preset (for [`Cpu::fetch`]).
+    pub const RX: Flags = Flags(pte::P | pte::U | pte::A);
+
     /// The flag bits, without the address.
     pub const fn bits(self) -> u64 {
         self.0 & !pte::ADDR_MASK

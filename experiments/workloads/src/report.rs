@@ -123,6 +123,10 @@ impl<C: Cpu> Cpu for Counted<'_, C> {
         self.cpu.fetch_add_u64(gva, value)
     }
     #[inline]
+    fn fetch(&mut self, gva: u64) {
+        self.cpu.fetch(gva)
+    }
+    #[inline]
     fn pause(&mut self) {
         self.cpu.pause()
     }

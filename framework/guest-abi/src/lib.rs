@@ -259,6 +259,21 @@ pub mod program {
     pub const COHERENCE_PROBE: u64 = 8;
     /// The SYNC stage of [`COHERENCE_PROBE`]'s request.
     pub const COHERENCE_STAGE: u64 = 0xc0de;
+    /// Built-in: privilege and no-execute through the MMU, at CPL3. Stores a `ret` in a fresh
+    /// frame, maps it at `WORKLOAD_BASE` user and executable, calls it (`Cpu::fetch`) and
+    /// reports SYNC [`FETCH_STAGE`] with value 1. Then it takes one permission away, INVLPGs,
+    /// and touches the page again: `iters` = [`FETCH_NX`]: NX set, a read (which must work, so
+    /// the translation is cached read-only), then a call, which must #PF with P|U|I/D;
+    /// `iters` = [`FETCH_SUPERVISOR`]: U clear, a read, which must #PF with P|U. The monitor
+    /// reports the #PF; DONE means the permission was not enforced.
+    pub const FETCH_PROBE: u64 = 9;
+    /// The SYNC stage of [`FETCH_PROBE`] (value 1: the first call returned; value 2: the
+    /// read of the NX page returned).
+    pub const FETCH_STAGE: u64 = 0xfe7c;
+    /// [`FETCH_PROBE`]'s `iters` for the no-execute case.
+    pub const FETCH_NX: u64 = 0;
+    /// [`FETCH_PROBE`]'s `iters` for the supervisor-only case.
+    pub const FETCH_SUPERVISOR: u64 = 1;
 }
 
 /// Per-vCPU boot parameters, in the boot-info page.

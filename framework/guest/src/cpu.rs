@@ -87,6 +87,16 @@ impl Cpu for GuestCpu {
         Self::atomic(gva).fetch_add(value, Ordering::SeqCst)
     }
 
+    fn fetch(&mut self, gva: u64) {
+        // SAFETY: `Cpu::fetch`'s contract: the workload stored a one-byte `ret` at `gva`, so
+        // the call returns at once having pushed and popped only its own return address; the
+        // asm is not `nostack`, so RSP is aligned for a call and the compiler keeps nothing in
+        // the red zone across it, and `clobber_abi` covers what a call may clobber. A page
+        // that is not mapped executable (or not user) faults into the monitor (a reported
+        // guest #PF) before anything runs.
+        unsafe { asm!("call {f}", f = in(reg) gva, clobber_abi("sysv64")) }
+    }
+
     fn pause(&mut self) {
         core::hint::spin_loop()
     }

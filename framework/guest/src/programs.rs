@@ -5,9 +5,11 @@ use core::arch::asm;
 use shadowlab_guest_abi::{
     program, report_words, status, BootInfo, UcallCmd, UcallMsg, WORKLOAD_BASE_ID,
 };
-use shadowlab_workloads::layout::{direct_map, pt_index};
+use shadowlab_workloads::layout::{direct_map, pt_index, pte};
 use shadowlab_workloads::layout::{DIRECT_MAP_BASE, WORKLOAD_BASE};
-use shadowlab_workloads::{Cpu, Flags, FrameAlloc, PageTables, Params, PtError, Run, Workload};
+use shadowlab_workloads::{
+    Cpu, Flags, FrameAlloc, PageTables, Params, PtError, Run, TlbGather, Workload, RET,
+};
 
 use crate::cpu::GuestCpu;
 use crate::{guest_assert, guest_printf, ucall};
@@ -36,6 +38,7 @@ pub fn run(cpu: &mut GuestCpu, info: &BootInfo) -> ! {
             ucall::done([3, 0, 0, 0, 0, 0])
         }
         program::COHERENCE_PROBE => coherence_probe(cpu),
+        program::FETCH_PROBE => fetch_probe(cpu, info.iters),
         program::SPIN => loop {
             cpu.pause()
         },
@@ -92,6 +95,42 @@ fn run_workload(cpu: &mut GuestCpu, info: &BootInfo, index: usize) -> ! {
     block[report_words::LAT_MAX] = r.latency.max;
     block[report_words::LAT_BUCKETS..].copy_from_slice(&r.latency.buckets);
     ucall::done_with_report([r.ops, t0, t1, 0, 0, 0], &block)
+}
+
+/// See `program::FETCH_PROBE`.
+fn fetch_probe(cpu: &mut GuestCpu, case: u64) -> ! {
+    let mut frames = FrameAlloc::for_cpu(cpu);
+    let boot = cpu.boot_root();
+    let built = (|| -> Result<PageTables, PtError> {
+        let mut pt = PageTables::new_root(cpu, &mut frames, boot, &[])?;
+        let code = frames.alloc(cpu)?;
+        cpu.write_u64(direct_map(code), u64::from(RET));
+        pt.map(cpu, &mut frames, WORKLOAD_BASE, code, Flags::RX)?;
+        Ok(pt)
+    })();
+    let mut pt = match built {
+        Ok(pt) => pt,
+        Err(e) => ucall::abort(file!(), line!(), format_args!("fetch probe setup: {e}")),
+    };
+    cpu.load_cr3(pt.root());
+    cpu.fetch(WORKLOAD_BASE);
+    ucall::sync(program::FETCH_STAGE, 1);
+    let taken = match case {
+        program::FETCH_NX => Flags::RO,
+        program::FETCH_SUPERVISOR => Flags(Flags::RX.bits() & !pte::U),
+        other => ucall::abort(file!(), line!(), format_args!("fetch probe case {other}")),
+    };
+    let mut gather = TlbGather::new();
+    if let Err(e) = pt.protect(cpu, WORKLOAD_BASE, taken, &mut gather) {
+        ucall::abort(file!(), line!(), format_args!("fetch probe protect: {e}"))
+    }
+    cpu.invlpg(WORKLOAD_BASE);
+    let byte = cpu.read_u64(WORKLOAD_BASE);
+    ucall::sync(program::FETCH_STAGE, 2);
+    guest_assert!(byte == u64::from(RET), "read {byte:#x}, not the ret stored");
+    cpu.fetch(WORKLOAD_BASE);
+    guest_assert!(false, "the call through a page with {taken:?} returned");
+    ucall::done([0; 6])
 }
 
 /// See `program::COHERENCE_PROBE`.

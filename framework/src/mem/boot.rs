@@ -40,7 +40,8 @@ pub enum BootError {
 /// Options for [`build_boot_tables`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BootOptions {
-    /// Set U in the direct map (for guests whose workloads run at CPL3).
+    /// Set U in the direct map (for guests whose workloads run at CPL3: the `sim` backend's
+    /// vCPUs by default, like the `kvm` guest, whose tables `kvm::boot` builds with U).
     pub user: bool,
 }
 
@@ -189,6 +190,27 @@ mod tests {
             prev_end = r.end;
         }
         assert_eq!(prev_end, 1100 * PAGE);
+    }
+
+    #[test]
+    fn user_option_sets_u_at_every_level_and_nothing_else_changes() {
+        for user in [false, true] {
+            let m = mem(64);
+            let b = build_boot_tables(&m, 1, BootOptions { user }).unwrap();
+            let gva = layout::direct_map(9 * PAGE);
+            let mut table = b.roots[0];
+            for level in (1..=4).rev() {
+                let e = m
+                    .read_gpa_u64(
+                        table + layout::pt_index(gva, level) as u64 * 8,
+                        Ordering::Relaxed,
+                    )
+                    .unwrap();
+                assert_eq!(e & pte::U != 0, user, "level {level}: {e:#x}");
+                assert_eq!(e & (pte::P | pte::W | pte::NX), pte::P | pte::W);
+                table = e & pte::ADDR_MASK;
+            }
+        }
     }
 
     #[test]

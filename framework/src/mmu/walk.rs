@@ -27,7 +27,8 @@ use crate::mem::GuestMemory;
 pub struct GuestFault {
     /// The faulting virtual address (CR2).
     pub gva: u64,
-    /// The #PF error code ([`pferr`] bits).
+    /// The #PF error code ([`pferr`] bits); 0 for #GP, which hardware raises as #GP(0) for a
+    /// non-canonical address.
     pub error_code: u32,
     /// A non-canonical address: #GP on x86, not #PF.
     pub general_protection: bool,
@@ -39,6 +40,15 @@ impl GuestFault {
             gva,
             error_code,
             general_protection: false,
+        }
+    }
+    /// The #GP(0) a non-canonical address raises. x86 checks canonicality before any TLB
+    /// lookup or page walk, so no translation structure is consulted.
+    pub const fn non_canonical(gva: u64) -> Self {
+        GuestFault {
+            gva,
+            error_code: 0,
+            general_protection: true,
         }
     }
     /// Whether the fault came from a reserved bit (bad input in the guest's tables).
@@ -119,11 +129,7 @@ pub fn walk_addr(
     set_ad: bool,
 ) -> Result<GuestWalker, WalkFail> {
     if !is_canonical(gva) {
-        return Err(WalkFail::Fault(GuestFault {
-            gva,
-            error_code: access.pfec(),
-            general_protection: true,
-        }));
+        return Err(WalkFail::Fault(GuestFault::non_canonical(gva)));
     }
     let rsvd = |gva| {
         WalkFail::Fault(GuestFault::pf(
@@ -450,7 +456,9 @@ pub(crate) mod tests {
         let mut g = TestGuest::new(16, 1);
         let root = g.frame();
         match walk_addr(&g.mem, root, 0x0000_8000_0000_0000, Access::READ, true) {
-            Err(WalkFail::Fault(f)) => assert!(f.general_protection),
+            Err(WalkFail::Fault(f)) => {
+                assert_eq!(f, GuestFault::non_canonical(0x0000_8000_0000_0000))
+            }
             other => panic!("{other:?}"),
         }
         assert!(is_canonical(layout::DIRECT_MAP_BASE));

@@ -7,32 +7,53 @@ use std::panic::resume_unwind;
 use std::sync::atomic::Ordering;
 
 use shadowlab_policies::SyncPolicy;
-use shadowlab_workloads::Cpu;
+use shadowlab_workloads::{Cpu, RET};
 
 use super::tlb::{SoftTlb, TlbEntry};
 use super::{SimAbort, SimFault, SimVm};
 use crate::mmu::spte::SPTE_D;
 use crate::mmu::{
-    guest_translate, shadow_walk, Access, FaultOutcome, GuestFault, GuestTranslation, Mmu,
-    ShadowMiss, ShadowTranslation, VcpuMmu, KVM_REQ_MMU_RELOAD, KVM_REQ_TLB_FLUSH,
+    guest_translate, is_canonical, shadow_walk, Access, FaultOutcome, GuestFault, GuestTranslation,
+    Mmu, ShadowMiss, ShadowTranslation, VcpuMmu, KVM_REQ_MMU_RELOAD, KVM_REQ_TLB_FLUSH,
 };
 
 /// Consecutive faults on one access after which the vCPU stops with
 /// [`SimFault::Livelock`] instead of spinning forever.
 const MAX_FAULTS_PER_ACCESS: u32 = 10_000;
 
+/// The privilege a simulated vCPU's accesses run at (the U/S bit of the #PF error code).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum Privilege {
+    /// CPL3, as the `kvm` and `native` guests run their workloads: every access needs U at
+    /// every level of the walk.
+    #[default]
+    User,
+    /// CPL0: U is not needed (SMEP/SMAP are off); W still is (CR0.WP is set).
+    Supervisor,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Op {
     Read,
     Write(u64),
     FetchAdd(u64),
+    /// An instruction fetch of the one byte at the address.
+    Fetch,
 }
 
 impl Op {
-    fn access(self) -> Access {
-        match self {
+    /// The access as the #PF error code describes it: W for stores, I/D for fetches, U from
+    /// CPL3 (what hardware puts in the error code, and what the software TLB and the shadow
+    /// walk check against the permissions they hold).
+    fn access(self, privilege: Privilege) -> Access {
+        let a = match self {
             Op::Read => Access::READ,
             Op::Write(_) | Op::FetchAdd(_) => Access::WRITE,
+            Op::Fetch => Access::FETCH,
+        };
+        match privilege {
+            Privilege::User => a.user(),
+            Privilege::Supervisor => a,
         }
     }
 }
@@ -69,6 +90,7 @@ pub struct SimCpu<'a, P: SyncPolicy> {
     v: VcpuMmu,
     tlb: SoftTlb,
     stats: SimCpuStats,
+    privilege: Privilege,
 }
 
 impl<'a, P: SyncPolicy> SimCpu<'a, P> {
@@ -81,6 +103,7 @@ impl<'a, P: SyncPolicy> SimCpu<'a, P> {
             v,
             tlb: SoftTlb::default(),
             stats: SimCpuStats::default(),
+            privilege: Privilege::default(),
         })
     }
 
@@ -101,6 +124,18 @@ impl<'a, P: SyncPolicy> SimCpu<'a, P> {
     /// The guest CR3 (guest-physical) currently loaded.
     pub fn cr3(&self) -> u64 {
         self.v.pgd().unwrap_or(0)
+    }
+
+    /// The privilege this vCPU's accesses run at ([`Privilege::User`] unless set).
+    pub fn privilege(&self) -> Privilege {
+        self.privilege
+    }
+
+    /// Switches the privilege of later accesses (a CPL change). The software TLB is kept, as
+    /// hardware keeps its TLB across a privilege change: each entry holds the permissions
+    /// it was filled with (U included), and every hit is checked against them.
+    pub fn set_privilege(&mut self, privilege: Privilege) {
+        self.privilege = privilege;
     }
 
     /// The access-path counters.
@@ -141,15 +176,23 @@ impl<'a, P: SyncPolicy> SimCpu<'a, P> {
 
     /// One access: TLB, else shadow walk (setting shadow A/D), else fault handler; the data
     /// access itself happens in guest mode, so a remote flush waits for it.
+    ///
+    /// A non-canonical `gva` raises #GP before anything else, as on hardware: the TLB is
+    /// keyed by page number and the walk indexes bits 12..47 only, so either would otherwise
+    /// translate it through its canonical twin.
     fn access(&mut self, gva: u64, op: Op) -> Result<u64, SimFault> {
-        if gva % 8 != 0 {
+        if !is_canonical(gva) {
+            return Err(SimFault::Guest(GuestFault::non_canonical(gva)));
+        }
+        // Data accesses are whole aligned words; a fetch reads one byte of one.
+        if gva % 8 != 0 && !matches!(op, Op::Fetch) {
             return Err(SimFault::Misaligned(gva));
         }
         if self.vm.aborted() {
             return Err(SimFault::OtherVcpuFailed);
         }
         self.stats.accesses += 1;
-        let acc = op.access();
+        let acc = op.access(self.privilege);
         let region = self.vm.mem().region();
         let mut faults = 0u32;
         loop {
@@ -158,7 +201,9 @@ impl<'a, P: SyncPolicy> SimCpu<'a, P> {
                 self.handle_requests(req)?;
                 continue;
             }
-            // In guest mode from here to vcpu_exit_guest.
+            // In guest mode from here to vcpu_exit_guest. A hit must be permitted by the
+            // permissions the entry was filled with (U, W, X): hardware checks its TLB entry,
+            // so an entry filled by a supervisor access to a U=0 page denies a user access.
             let hit = self
                 .tlb
                 .lookup(gva)
@@ -202,9 +247,12 @@ impl<'a, P: SyncPolicy> SimCpu<'a, P> {
                     FaultOutcome::Emulate { gpa } => return self.emulate(gpa, op),
                 }
             };
-            let mpa = mpa_page + (gva & 0xfff);
+            let mpa = mpa_page + (gva & 0xff8);
             let r = match op {
                 Op::Read => region.load_u64(mpa, Ordering::Acquire),
+                Op::Fetch => region
+                    .load_u64(mpa, Ordering::Acquire)
+                    .map(|w| (w >> (8 * (gva & 7))) & 0xff),
                 Op::Write(val) => region.store_u64(mpa, val, Ordering::Release).map(|_| 0),
                 Op::FetchAdd(val) => region.fetch_add_u64(mpa, val, Ordering::SeqCst),
             };
@@ -227,7 +275,7 @@ impl<'a, P: SyncPolicy> SimCpu<'a, P> {
                 .mmu()
                 .emulate_rmw_u64(v, gpa, |x| x.wrapping_add(val))
                 .map_err(SimFault::Mmu),
-            Op::Read => Err(SimFault::UnexpectedEmulation { gpa }),
+            Op::Read | Op::Fetch => Err(SimFault::UnexpectedEmulation { gpa }),
         }
     }
 
@@ -244,6 +292,16 @@ impl<'a, P: SyncPolicy> SimCpu<'a, P> {
     /// [`Cpu::fetch_add_u64`], returning errors.
     pub fn try_fetch_add_u64(&mut self, gva: u64, value: u64) -> Result<u64, SimFault> {
         self.access(gva, Op::FetchAdd(value))
+    }
+
+    /// [`Cpu::fetch`], returning errors: an instruction fetch at `gva` (any alignment) through
+    /// the TLB and shadow tables, then the decode of the byte, which must be `ret`.
+    pub fn try_fetch(&mut self, gva: u64) -> Result<(), SimFault> {
+        let byte = self.access(gva, Op::Fetch)? as u8;
+        if byte != RET {
+            return Err(SimFault::NotRet { gva, byte });
+        }
+        Ok(())
     }
 
     /// [`Cpu::load_cr3`], returning errors: `kvm_mmu_new_pgd` (root switch + sync roots),
@@ -304,6 +362,12 @@ impl<P: SyncPolicy> Cpu for SimCpu<'_, P> {
     fn fetch_add_u64(&mut self, gva: u64, value: u64) -> u64 {
         self.try_fetch_add_u64(gva, value)
             .unwrap_or_else(|f| self.abort(f))
+    }
+
+    fn fetch(&mut self, gva: u64) {
+        if let Err(f) = self.try_fetch(gva) {
+            self.abort(f)
+        }
     }
 
     fn pause(&mut self) {

@@ -14,11 +14,15 @@
 //! // Lower level, for property tests that drive vCPUs by hand:
 //! let vm = SimVm::<P>::new(&cfg)?;  let mut cpu = vm.cpu(0)?;
 //! cpu.try_write_u64(gva, v)?; cpu.try_load_cr3(root)?; cpu.flush_tlb(); cpu.invlpg(gva);
+//! cpu.set_privilege(Privilege::Supervisor); cpu.try_fetch(gva)?;   // user by default
 //! cpu.guest_translate(gva) vs cpu.shadow_translate(gva)    // + mmu::check_translation
 //! vm.mmu().audit()
 //! ```
 //!
-//! [`SimCpu`] implements the workloads' [`shadowlab_workloads::Cpu`]: reads and writes go
+//! [`SimCpu`] implements the workloads' [`shadowlab_workloads::Cpu`]: reads, writes and
+//! instruction fetches, at the vCPU's [`Privilege`] (user by default, as the `kvm` guest runs
+//! at CPL3; the #PF error code carries U and I/D as hardware sets them, NX is enforced as with
+//! EFER.NXE = 1, and a non-canonical address is #GP before any lookup), go
 //! through a software TLB ([`tlb::SoftTlb`], entries kept until INVLPG, flush, CR3 load or a
 //! fault on the page) and, on a miss, a hardware-like walk of the shadow tables in the pool
 //! that sets their A/D bits ([`crate::mmu::shadow_walk`]); a failed walk enters
@@ -55,7 +59,7 @@ use std::time::{Duration, Instant};
 use shadowlab_policies::SyncPolicy;
 
 pub use crate::mem::boot::{BootOptions, BootTables};
-pub use cpu::{SimCpu, SimCpuStats};
+pub use cpu::{Privilege, SimCpu, SimCpuStats};
 
 use crate::mem::boot::{build_boot_tables, BootError};
 use crate::mem::{FrameMap, GuestMemory, MemConfig, MemError};
@@ -113,6 +117,15 @@ pub enum SimFault {
         /// Guest-physical address.
         gpa: u64,
     },
+    /// [`shadowlab_workloads::Cpu::fetch`] found something other than `ret` at the address
+    /// (a workload bug: the guest backends would execute it).
+    #[error("fetch at {gva:#x} found opcode byte {byte:#04x}, not ret")]
+    NotRet {
+        /// The address fetched.
+        gva: u64,
+        /// The byte found.
+        byte: u8,
+    },
     /// Another vCPU of the run stopped; this one stopped with it.
     #[error("stopped because another vCPU failed")]
     OtherVcpuFailed,
@@ -167,7 +180,8 @@ impl<P: SyncPolicy> SimVm<P> {
             pool_pages: cfg.pool_pages,
             frame_map: FrameMap::Permuted { seed: cfg.seed },
         })?);
-        let boot = build_boot_tables(&mem, cfg.vcpus, BootOptions::default())?;
+        // With U, as the kvm backend builds them: the vCPUs run at CPL3 by default.
+        let boot = build_boot_tables(&mem, cfg.vcpus, BootOptions { user: true })?;
         let mmu = Mmu::new(Arc::clone(&mem), cfg.vcpus)?;
         Ok(SimVm {
             mem,

@@ -6,6 +6,7 @@ use shadowlab_workloads::Cpu;
 
 use super::*;
 use crate::mmu::check_translation;
+use crate::mmu::spte::pferr;
 use shadowlab_policies::SyncPolicy;
 
 const PAGE: u64 = 4096;
@@ -75,12 +76,12 @@ fn maps_writes_reads_and_remaps_with_invlpg() {
         let (a, b) = (p.frame(), p.frame());
         cpu.write_u64(direct_map(a), 0xaaaa);
         cpu.write_u64(direct_map(b), 0xbbbb);
-        let leaf = p.map(cpu, root, UVA, a, pte::P | pte::W);
+        let leaf = p.map(cpu, root, UVA, a, pte::P | pte::W | pte::U);
         assert_eq!(cpu.read_u64(UVA), 0xaaaa);
         assert_eq!(cpu.read_u64(UVA), 0xaaaa);
         cpu.write_u64(UVA + 8, 0x1234);
         assert_eq!(cpu.read_u64(direct_map(a) + 8), 0x1234);
-        cpu.write_u64(leaf, b | pte::P | pte::W);
+        cpu.write_u64(leaf, b | pte::P | pte::W | pte::U);
         cpu.invlpg(UVA);
         assert_eq!(cpu.read_u64(UVA), 0xbbbb);
         assert!(cpu.vm().mmu().audit().is_ok());
@@ -104,9 +105,9 @@ fn a_missing_invlpg_leaves_a_stale_translation_as_hardware_may() {
         let (a, b) = (p.frame(), p.frame());
         cpu.write_u64(direct_map(a), 1);
         cpu.write_u64(direct_map(b), 2);
-        let leaf = p.map(cpu, root, UVA, a, pte::P | pte::W);
+        let leaf = p.map(cpu, root, UVA, a, pte::P | pte::W | pte::U);
         assert_eq!(cpu.read_u64(UVA), 1);
-        cpu.write_u64(leaf, b | pte::P | pte::W);
+        cpu.write_u64(leaf, b | pte::P | pte::W | pte::U);
         assert_eq!(
             cpu.read_u64(UVA),
             1,
@@ -127,7 +128,7 @@ fn one_vcpu_is_deterministic_for_a_seed() {
         for i in 0..64 {
             let f = p.frame();
             cpu.write_u64(direct_map(f), i * 3);
-            p.map(cpu, root, UVA + i * PAGE * 513, f, pte::P | pte::W);
+            p.map(cpu, root, UVA + i * PAGE * 513, f, pte::P | pte::W | pte::U);
             sum += cpu.read_u64(UVA + i * PAGE * 513);
             if i % 8 == 0 {
                 cpu.flush_tlb();
@@ -157,7 +158,7 @@ fn a_guest_fault_stops_the_vcpu_with_an_error() {
         SimError::Vcpu {
             vcpu: 0,
             fault: SimFault::Guest(f),
-        } => assert_eq!((f.gva, f.error_code), (UVA, 0)),
+        } => assert_eq!((f.gva, f.error_code), (UVA, pferr::USER)),
         other => panic!("{other}"),
     }
 }
@@ -217,6 +218,9 @@ fn bad_cr3_and_misaligned_access_are_errors() {
 #[test]
 fn shadow_agrees_with_guest_after_flush_across_root_switches() {
     run(&cfg(1, 6), |cpu| {
+        // Supervisor, so the leaves without U below are read too and the comparison covers
+        // every U/W/NX combination of the shadow leaves.
+        cpu.set_privilege(Privilege::Supervisor);
         let mut p = Pager::new(cpu);
         let boot = cpu.boot_root();
         // A second root sharing the direct map and the user PDPT.
@@ -289,7 +293,7 @@ fn unsync_race<P: SyncPolicy>(iters: u64, seed: u64) -> (u64, crate::mmu::MmuSta
             let (a, b) = (p.frame(), p.frame());
             cpu.write_u64(direct_map(a), 0xa);
             cpu.write_u64(direct_map(b), 0xb);
-            let leaf = p.map(cpu, cpu.boot_root(), UVA, a, pte::P | pte::W);
+            let leaf = p.map(cpu, cpu.boot_root(), UVA, a, pte::P | pte::W | pte::U);
             // Share the user half with vCPU 1's root (boot PML4s are consecutive frames).
             let slot = 8 * layout::pt_index(UVA, 4) as u64;
             let pml4e = cpu.read_u64(direct_map(cpu.boot_root() + slot));
@@ -297,7 +301,7 @@ fn unsync_race<P: SyncPolicy>(iters: u64, seed: u64) -> (u64, crate::mmu::MmuSta
             cpu.write_u64(ready, 1);
             for i in 1..=iters {
                 let frame = if i % 2 == 1 { b } else { a };
-                cpu.write_u64(leaf, frame | pte::P | pte::W);
+                cpu.write_u64(leaf, frame | pte::P | pte::W | pte::U);
                 cpu.write_u64(gen, i);
                 while cpu.read_u64(ack) != i {
                     cpu.pause();
@@ -395,7 +399,7 @@ fn concurrent_churn_on_a_tiny_pool_stays_correct() {
             match rng.below(8) {
                 0..=3 => {
                     let k = rng.below(frames.len() as u64) as usize;
-                    let flags = pte::P | pte::W;
+                    let flags = pte::P | pte::W | pte::U;
                     let l1 = p.map(cpu, boot, g, frames[k], flags);
                     p.map(cpu, alt, g, frames[k], flags);
                     leaves[s] = Some(l1);
@@ -446,7 +450,7 @@ fn recursive_pml4_slot_behaves_as_on_hardware() {
     run(&cfg(1, 12), |cpu| {
         let mut p = Pager::new(cpu);
         let root = cpu.boot_root();
-        cpu.write_u64(direct_map(root + 5 * 8), root | pte::P | pte::W);
+        cpu.write_u64(direct_map(root + 5 * 8), root | pte::P | pte::W | pte::U);
         let rec = (5u64 << 39) | (5 << 30) | (5 << 21) | (5 << 12);
         let dm_entry = cpu.read_u64(direct_map(root + layout::DIRECT_MAP_SLOT as u64 * 8));
         assert_eq!(
@@ -458,21 +462,21 @@ fn recursive_pml4_slot_behaves_as_on_hardware() {
         cpu.write_u64(direct_map(data), 0x5eed);
         cpu.write_u64(
             direct_map(pdpt + 8 * layout::pt_index(UVA, 3) as u64),
-            pd | pte::P | pte::W,
+            pd | pte::P | pte::W | pte::U,
         );
         cpu.write_u64(
             direct_map(pd + 8 * layout::pt_index(UVA, 2) as u64),
-            pt | pte::P | pte::W,
+            pt | pte::P | pte::W | pte::U,
         );
         cpu.write_u64(
             direct_map(pt + 8 * layout::pt_index(UVA, 1) as u64),
-            data | pte::P | pte::W,
+            data | pte::P | pte::W | pte::U,
         );
         let slot = layout::pt_index(UVA, 4) as u64;
-        cpu.write_u64(rec + 8 * slot, pdpt | pte::P | pte::W);
+        cpu.write_u64(rec + 8 * slot, pdpt | pte::P | pte::W | pte::U);
         assert_eq!(
             cpu.read_u64(direct_map(root + 8 * slot)),
-            pdpt | pte::P | pte::W
+            pdpt | pte::P | pte::W | pte::U
         );
         assert_eq!(cpu.read_u64(UVA), 0x5eed);
         // The alias never became writable: the write was emulated.
@@ -518,4 +522,161 @@ fn every_workload_passes_on_sim() {
             }
         }
     }
+}
+
+/// The direct-map address of the entry for `gva` at `level` in the tables under `root`
+/// (tables above it must exist).
+fn entry_at(cpu: &mut impl Cpu, root: u64, gva: u64, level: u32) -> u64 {
+    let mut table = root;
+    for l in ((level + 1)..=4).rev() {
+        table = cpu.read_u64(Pager::entry(table, gva, l)) & pte::ADDR_MASK;
+    }
+    Pager::entry(table, gva, level)
+}
+
+/// The guest fault an access stopped with (panics on anything else).
+fn guest_fault<T: std::fmt::Debug>(r: Result<T, SimFault>) -> GuestFault {
+    match r {
+        Err(SimFault::Guest(f)) => f,
+        other => panic!("expected a guest fault, got {other:?}"),
+    }
+}
+
+/// U is needed at every level for a user access, and the #PF error code says P|U (plus W or
+/// I/D), as hardware sets it. The supervisor reads the same page, which fills the software
+/// TLB with a translation that lacks U: that entry must not serve the user access that
+/// follows (hardware checks the permissions its TLB entry was filled with). Fails if the MMU
+/// ignores U anywhere (the walk, the shadow leaf, the shadow walk or the TLB).
+#[test]
+fn user_accesses_need_u_at_every_level_even_through_a_supervisor_filled_tlb_entry() {
+    use crate::mmu::spte::ACC_USER;
+    run(&cfg(1, 21), |cpu| {
+        let mut p = Pager::new(cpu);
+        let root = cpu.boot_root();
+        let code = p.frame();
+        cpu.write_u64(direct_map(code), u64::from(shadowlab_workloads::RET));
+        p.map(cpu, root, UVA, code, pte::P | pte::W | pte::U | pte::D);
+        cpu.fetch(UVA);
+        cpu.write_u64(UVA, u64::from(shadowlab_workloads::RET));
+        for level in 1..=4 {
+            let e = entry_at(cpu, root, UVA, level);
+            let v = cpu.read_u64(e);
+            cpu.write_u64(e, v & !pte::U);
+            cpu.flush_tlb();
+            cpu.set_privilege(Privilege::Supervisor);
+            assert_eq!(cpu.try_read_u64(UVA).unwrap(), 0xc3, "level {level}");
+            let t = cpu
+                .tlb_entry(UVA)
+                .expect("the supervisor read filled the TLB");
+            assert_eq!(t.access & ACC_USER, 0, "level {level}: {t:?}");
+            cpu.set_privilege(Privilege::User);
+            let f = guest_fault(cpu.try_read_u64(UVA));
+            assert_eq!(f.error_code, pferr::PRESENT | pferr::USER, "level {level}");
+            let f = guest_fault(cpu.try_write_u64(UVA, 1));
+            assert_eq!(
+                f.error_code,
+                pferr::PRESENT | pferr::WRITE | pferr::USER,
+                "level {level}"
+            );
+            let f = guest_fault(cpu.try_fetch(UVA));
+            assert_eq!(
+                f.error_code,
+                pferr::PRESENT | pferr::USER | pferr::FETCH,
+                "level {level}"
+            );
+            // The shadow side agrees with the guest's tables (U clear, after the flush).
+            check_translation(UVA, &cpu.guest_translate(UVA), &cpu.shadow_translate(UVA)).unwrap();
+            cpu.write_u64(e, v);
+            cpu.flush_tlb();
+            assert_eq!(cpu.try_read_u64(UVA).unwrap(), 0xc3, "level {level}");
+        }
+        // Not present: U and I/D, without P.
+        let f = guest_fault(cpu.try_fetch(UVA + PAGE));
+        assert_eq!(f.error_code, pferr::USER | pferr::FETCH);
+    })
+    .unwrap();
+}
+
+/// NX at any level forbids instruction fetches (EFER.NXE = 1), for user and supervisor alike,
+/// also when a read has already built the shadow leaf and cached the translation: the leaf
+/// must carry NX itself. Fails if a shadow leaf never gets NX.
+#[test]
+fn nx_at_any_level_forbids_fetches_through_a_cached_translation() {
+    use crate::mmu::spte::SPTE_NX;
+    run(&cfg(1, 22), |cpu| {
+        let mut p = Pager::new(cpu);
+        let root = cpu.boot_root();
+        let code = p.frame();
+        cpu.write_u64(direct_map(code), u64::from(shadowlab_workloads::RET));
+        p.map(cpu, root, UVA, code, pte::P | pte::U);
+        for privilege in [Privilege::User, Privilege::Supervisor] {
+            cpu.set_privilege(privilege);
+            let user = if privilege == Privilege::User {
+                pferr::USER
+            } else {
+                0
+            };
+            for level in 1..=4 {
+                let e = entry_at(cpu, root, UVA, level);
+                let v = cpu.read_u64(e);
+                cpu.fetch(UVA);
+                cpu.write_u64(e, v | pte::NX);
+                cpu.flush_tlb();
+                assert_eq!(cpu.try_read_u64(UVA).unwrap(), 0xc3);
+                let leaf = cpu.shadow_translate(UVA).unwrap().spte;
+                assert_ne!(leaf & SPTE_NX, 0, "{privilege:?} level {level}: {leaf:#x}");
+                let f = guest_fault(cpu.try_fetch(UVA));
+                assert_eq!(
+                    f.error_code,
+                    pferr::PRESENT | user | pferr::FETCH,
+                    "{privilege:?} level {level}"
+                );
+                cpu.write_u64(e, v);
+                cpu.flush_tlb();
+            }
+        }
+        // A byte that is not `ret` is refused, as the guest backends would not return.
+        cpu.fetch(UVA);
+        assert!(matches!(
+            cpu.try_fetch(UVA + 1),
+            Err(SimFault::NotRet { byte: 0, .. })
+        ));
+    })
+    .unwrap();
+}
+
+/// A non-canonical address is #GP(0) before any lookup, even when its canonical twin is
+/// mapped and cached: the TLB and the walk index only bits 12..47, so without the check they
+/// would translate it through the twin.
+#[test]
+fn a_non_canonical_address_is_general_protection_before_the_tlb() {
+    run(&cfg(1, 23), |cpu| {
+        let gva = direct_map(cpu.shared_page());
+        cpu.write_u64(gva, u64::from(shadowlab_workloads::RET));
+        cpu.fetch(gva);
+        let twin = gva ^ (0xffff << 48);
+        assert!(!crate::mmu::is_canonical(twin));
+        let (before, faults) = (cpu.stats(), cpu.vm().mmu().stats().faults);
+        assert_eq!(
+            guest_fault(cpu.try_read_u64(twin)),
+            GuestFault::non_canonical(twin)
+        );
+        assert_eq!(
+            guest_fault(cpu.try_write_u64(twin, 1)),
+            GuestFault::non_canonical(twin)
+        );
+        assert_eq!(
+            guest_fault(cpu.try_fetch(twin)),
+            GuestFault::non_canonical(twin)
+        );
+        let after = cpu.stats();
+        assert_eq!(
+            (after.tlb_hits, after.walks, after.shadow_faults),
+            (before.tlb_hits, before.walks, before.shadow_faults),
+            "the TLB and the shadow walk were never consulted"
+        );
+        assert_eq!(cpu.vm().mmu().stats().faults, faults);
+        assert_eq!(cpu.read_u64(gva), u64::from(shadowlab_workloads::RET));
+    })
+    .unwrap();
 }

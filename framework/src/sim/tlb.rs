@@ -16,7 +16,10 @@ use crate::mmu::GfnHasher;
 pub struct TlbEntry {
     /// Machine-physical address of the page.
     pub mpa_page: u64,
-    /// ACC_* permissions the walk granted.
+    /// ACC_* permissions (U, W, X) of the walk that filled it, whatever the access that
+    /// filled it needed. Every hit is checked against them, as hardware checks its TLB entry:
+    /// an entry a supervisor access filled for a U=0 page never serves a user access, and
+    /// one a read filled for an NX page never serves a fetch.
     pub access: u8,
     /// The walk set (or found) the shadow leaf's D bit, so writes may use the entry.
     pub dirty: bool,
