@@ -19,10 +19,8 @@ use std::process::Command;
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// The guest address-space layout, shared with the guest and the VMM (plain constants).
-#[allow(dead_code)]
-#[path = "../experiments/workloads/src/layout.rs"]
-mod layout;
+/// The guest address-space layout, shared with the guest and the VMM.
+use shadowlab_abi::layout;
 
 fn main() {
     let manifest_dir =
@@ -37,8 +35,8 @@ fn main() {
         guest_dir.join("Cargo.toml"),
         guest_dir.join("Cargo.lock"),
         template.clone(),
-        manifest_dir.join("guest-abi/src"),
-        manifest_dir.join("guest-abi/Cargo.toml"),
+        manifest_dir.join("abi/src"),
+        manifest_dir.join("abi/Cargo.toml"),
         manifest_dir.join("../experiments/workloads/src"),
         manifest_dir.join("../experiments/workloads/Cargo.toml"),
     ] {

@@ -7,12 +7,15 @@
 //! action), exactly as a run does. Without /dev/kvm the benchmark prints one SKIPPED line.
 //!
 //! `cargo bench -p shadowlab-framework --bench exit_floor`
+// criterion_group!/criterion_main! generate public functions with no place for a doc comment.
+#![allow(missing_docs)]
 
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use shadowlab_abi::GuestMode;
 use shadowlab_framework::kvm::boot::{self, GuestParams};
 use shadowlab_framework::kvm::elf::ElfImage;
 use shadowlab_framework::kvm::exit::ExitState;
@@ -22,7 +25,6 @@ use shadowlab_framework::kvm::vm::{DirectRam, Vm};
 use shadowlab_framework::kvm::{
     kvm_unavailable_reason, new_kicks, program, HypercallPath, NativeMmu,
 };
-use shadowlab_guest_abi::GuestMode;
 
 fn setup() -> (Vm, VcpuFd) {
     let vm = Vm::new(64 << 20, 1).expect("VM");

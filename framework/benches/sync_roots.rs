@@ -8,17 +8,19 @@
 //!   three threads are oversubscribed; that is part of the measurement and is recorded.
 //!
 //! Run: `cargo bench -p shadowlab-framework --bench sync_roots`.
+// criterion_group!/criterion_main! generate public functions with no place for a doc comment.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use shadowlab_abi::layout::{direct_map, WORKLOAD_BASE};
 use shadowlab_framework::sim::{SimConfig, SimCpu, SimVm};
 use shadowlab_policies::{
     AcquireLoad, AlwaysLock, NoBarrier, PolicyInfo, RmbFence, SeqCstFence, SyncPolicy,
 };
-use shadowlab_workloads::layout::{direct_map, WORKLOAD_BASE};
 use shadowlab_workloads::{Cpu, Flags, FrameAlloc, PageTables};
 
 const FAULT_PAGES: u64 = 64;

@@ -13,6 +13,7 @@
 use std::process::ExitCode;
 
 use kvm_ioctls::VcpuExit;
+use shadowlab_abi::{program, status, GuestMode, HYPERCALL_MMIO_GPA, NOP_PORT, UCALL_PORT};
 use shadowlab_framework::kvm::boot::{self, GuestParams};
 use shadowlab_framework::kvm::elf::ElfImage;
 use shadowlab_framework::kvm::guest_image::GUEST_ELF;
@@ -21,7 +22,6 @@ use shadowlab_framework::kvm::layout::RAM_SLOT;
 use shadowlab_framework::kvm::ucall::GuestPhys;
 use shadowlab_framework::kvm::ucall::{self, Ucall};
 use shadowlab_framework::kvm::vm::{DirectRam, Vm};
-use shadowlab_guest_abi::{program, status, GuestMode, HYPERCALL_MMIO_GPA, NOP_PORT, UCALL_PORT};
 
 /// What the VMM does right after its userspace rewrite of the PTE.
 #[derive(Clone, Copy, Debug)]

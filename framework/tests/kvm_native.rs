@@ -150,7 +150,7 @@ fn unhandled_page_fault_reports_cr2_and_error_code() {
     match &failure.kind {
         FailureKind::Exception { frame, cr2 } => {
             assert_eq!(frame.vector, 14);
-            assert_eq!(*cr2, shadowlab_workloads::layout::WORKLOAD_BASE);
+            assert_eq!(*cr2, shadowlab_abi::layout::WORKLOAD_BASE);
             assert_eq!(frame.error_code & 1, 0, "not-present fault");
         }
         other => panic!("expected #PF, got {other:?}: {err}"),

@@ -6,12 +6,12 @@ use shadowlab_workloads::Run;
 
 use std::time::Duration;
 
+use shadowlab_abi::layout::WORKLOAD_BASE;
 use shadowlab_framework::kvm::{
     program, run_kvm, run_kvm_reports, FailureKind, GuestParams, HostCoherence, HostCoherenceStats,
     RunConfig, RunResult,
 };
 use shadowlab_framework::BuildPolicy;
-use shadowlab_workloads::layout::WORKLOAD_BASE;
 
 fn config(nr_vcpus: usize) -> RunConfig {
     RunConfig {

@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
+use shadowlab_abi::layout::{direct_map, pt_index, pte, WORKLOAD_BASE};
 use shadowlab_framework::mem::GuestMemory;
 use shadowlab_framework::mmu::check_translation;
 use shadowlab_framework::sim::{self, Privilege, SimConfig, SimCpu, SimFault, SimVm};
 use shadowlab_policies::{AcquireLoad, AlwaysLock, RmbFence, SeqCstFence, SyncPolicy};
-use shadowlab_workloads::layout::{direct_map, pt_index, pte, WORKLOAD_BASE};
 use shadowlab_workloads::{
     walk, Access, Cpu, FaultKind, Flags, FrameAlloc, PageTables, Params, PhysRead, PtError, Run,
     TlbGather, RET,

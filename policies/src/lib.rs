@@ -28,7 +28,6 @@
 //! what is model-checked is the code that runs, not a copy of it.
 
 #![cfg_attr(not(feature = "model-check"), no_std)]
-#![warn(missing_docs)]
 
 use core::fmt::Debug;
 use core::sync::atomic::Ordering;

@@ -8,7 +8,7 @@
 //! same shadow MMU.
 //!
 //! Page-table maintenance is not in the trait: the workload writes its own page tables through
-//! the direct map ([`crate::layout::DIRECT_MAP_BASE`]) with [`Cpu::write_u64`], exactly as a
+//! the direct map ([`shadowlab_abi::layout::DIRECT_MAP_BASE`]) with [`Cpu::write_u64`], exactly as a
 //! kernel does, so those stores meet the shadow MMU's write protection.
 
 use core::ops::Range;

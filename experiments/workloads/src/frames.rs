@@ -9,7 +9,7 @@ use core::ops::Range;
 
 use crate::cpu::Cpu;
 use crate::error::PtError;
-use crate::layout::{direct_map, PAGE_SIZE, PT_ENTRIES};
+use shadowlab_abi::layout::{direct_map, PAGE_SIZE, PT_ENTRIES};
 
 /// End of the free list.
 const NIL: u64 = u64::MAX;

@@ -33,7 +33,7 @@ pub const BUCKETS: usize = SUB_BUCKETS * (64 - SUB_BITS as usize + 1);
 /// (a value of 0 is reported exactly).
 pub const MAX_RELATIVE_ERROR: f64 = 1.0 / (2 * SUB_BUCKETS) as f64;
 
-// Issue 9 asks for <= 3%; the guest's report block (guest-abi `report_words`) is sized for
+// Issue 9 asks for <= 3%; the guest's report block (abi `report_words`) is sized for
 // exactly this many buckets.
 const _: () = assert!(MAX_RELATIVE_ERROR <= 0.03 && BUCKETS == 1920);
 

@@ -21,10 +21,12 @@ use std::vec::Vec;
 
 use crate::cpu::{Cpu, RET};
 use crate::error::WorkloadError;
-use crate::layout::{pt_index, pte, DIRECT_MAP_BASE, DIRECT_MAP_SLOT, PAGE_SIZE, PT_ENTRIES};
 use crate::report::Report;
 use crate::walk::{walk, Access, PhysRead};
 use crate::workloads::{Run, Workload};
+use shadowlab_abi::layout::{
+    pt_index, pte, DIRECT_MAP_BASE, DIRECT_MAP_SLOT, PAGE_SIZE, PT_ENTRIES,
+};
 
 /// What the software CPU's TLB does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,8 +314,8 @@ impl MockCpu<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{direct_map, WORKLOAD_BASE};
     use crate::{Flags, FrameAlloc, PageTables, TlbGather};
+    use shadowlab_abi::layout::{direct_map, WORKLOAD_BASE};
 
     /// A `ret` on an executable page runs; the same page made no-execute faults, also when a
     /// read cached the translation first (the TLB keeps the permission it was filled with).

@@ -10,11 +10,12 @@
 use crate::cpu::Cpu;
 use crate::error::PtError;
 use crate::frames::FrameAlloc;
-use crate::layout::{
+use crate::tlb::TlbGather;
+use crate::walk::{walk, CpuPhys, Translation, WalkFault};
+use shadowlab_abi::layout::is_canonical;
+use shadowlab_abi::layout::{
     direct_map, pt_index, pte, DIRECT_MAP_SLOT, MONITOR_SLOT, PAGE_SIZE, PT_ENTRIES,
 };
-use crate::tlb::TlbGather;
-use crate::walk::{is_canonical, walk, CpuPhys, Translation, WalkFault};
 
 /// Flags of a non-leaf entry: present, writable, user, accessed. x86 permissions are the AND
 /// over the levels, so upper levels grant everything and the leaf decides.
@@ -337,9 +338,9 @@ impl PageTables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::WORKLOAD_BASE;
     use crate::mock::Machine;
     use crate::walk::{walk, FaultKind};
+    use shadowlab_abi::layout::WORKLOAD_BASE;
 
     const VA: u64 = WORKLOAD_BASE + 0x1234_5000;
 
@@ -408,7 +409,7 @@ mod tests {
             0x1000,
             VA + 8,
             direct_map(0),
-            crate::layout::MONITOR_BASE,
+            shadowlab_abi::layout::MONITOR_BASE,
             0x0000_8000_0000_0000,
         ] {
             assert_eq!(

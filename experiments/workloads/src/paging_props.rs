@@ -7,7 +7,6 @@ use proptest::prelude::*;
 use crate::cpu::Cpu;
 use crate::error::PtError;
 use crate::frames::FrameAlloc;
-use crate::layout::{pte, PAGE_SIZE, WORKLOAD_BASE};
 use crate::mock::{Machine, TlbMode};
 use crate::paging::{Flags, PageTables};
 use crate::rng::pattern;
@@ -15,6 +14,7 @@ use crate::tlb::TlbGather;
 use crate::walk::{walk, FaultKind};
 use crate::workloads::{check_page, stamp};
 use crate::Report;
+use shadowlab_abi::layout::{pte, PAGE_SIZE, WORKLOAD_BASE};
 
 const GIB: u64 = 1 << 30;
 /// Candidate pages: neighbours in one table, another table in the same directory, another

@@ -4,7 +4,7 @@
 
 use crate::cpu::Cpu;
 use crate::error::WorkloadError;
-use crate::layout::direct_map;
+use shadowlab_abi::layout::direct_map;
 
 /// How many times a wait may spin (each spin a `pause`) before it gives up with
 /// [`WorkloadError::Timeout`]: far more than any correct run waits (about a minute of `pause`s

@@ -8,7 +8,7 @@
 //! reserved-bit fault, as the shadow MMU treats it (it never maps such a gpa).
 
 use crate::cpu::Cpu;
-use crate::layout::{direct_map, pt_index, pte, PAGE_SIZE};
+use shadowlab_abi::layout::{direct_map, is_canonical, pt_index, pte, PAGE_SIZE};
 
 /// Reads guest-physical memory for the walker.
 pub trait PhysRead {
@@ -108,13 +108,6 @@ impl Translation {
             && (!access.user || self.user)
             && (!access.fetch || !self.nx)
     }
-}
-
-/// Whether `gva` is canonical for 48-bit virtual addresses.
-#[inline]
-pub const fn is_canonical(gva: u64) -> bool {
-    let top = (gva as i64) >> 47;
-    top == 0 || top == -1
 }
 
 /// Walks the 4-level tables rooted at guest-physical `root` for `gva`.
@@ -307,7 +300,7 @@ mod tests {
         let root = cpu.boot_root();
         let mut phys = CpuPhys(&mut cpu);
         assert_eq!(
-            phys.read_phys(root + 8 * crate::layout::DIRECT_MAP_SLOT as u64)
+            phys.read_phys(root + 8 * shadowlab_abi::layout::DIRECT_MAP_SLOT as u64)
                 .map(|e| e & pte::P),
             Some(pte::P)
         );

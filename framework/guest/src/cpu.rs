@@ -6,7 +6,7 @@ use core::arch::asm;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use shadowlab_guest_abi::{native_op, status, BootInfo, GuestMode, UcallCmd};
+use shadowlab_abi::{native_op, status, BootInfo, GuestMode, UcallCmd};
 use shadowlab_workloads::Cpu;
 
 /// One vCPU of the guest.

@@ -1,6 +1,6 @@
 //! The per-vCPU entry point.
 
-use shadowlab_guest_abi::{BootInfo, BOOT_MAGIC};
+use shadowlab_abi::{BootInfo, BOOT_MAGIC};
 
 // `_start` is what the ELF entry names. The VMM sets RSP to the vCPU's stack top (16-byte
 // aligned); the `call` pushes the return address so `guest_main` sees the ABI's alignment.

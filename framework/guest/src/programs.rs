@@ -2,11 +2,11 @@
 
 use core::arch::asm;
 
-use shadowlab_guest_abi::{
+use shadowlab_abi::{
     program, report_words, status, BootInfo, UcallCmd, UcallMsg, WORKLOAD_BASE_ID,
 };
-use shadowlab_workloads::layout::{direct_map, pt_index, pte};
-use shadowlab_workloads::layout::{DIRECT_MAP_BASE, WORKLOAD_BASE};
+use shadowlab_abi::layout::{direct_map, pt_index, pte};
+use shadowlab_abi::layout::{DIRECT_MAP_BASE, WORKLOAD_BASE};
 use shadowlab_workloads::{
     Cpu, Flags, FrameAlloc, PageTables, Params, PtError, Run, TlbGather, Workload, RET,
 };

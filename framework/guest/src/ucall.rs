@@ -1,20 +1,20 @@
-//! ucalls: the guest side of the hypercall ABI in `shadowlab-guest-abi`.
+//! ucalls: the guest side of the hypercall ABI in `shadowlab-abi`.
 
 use core::arch::asm;
 use core::fmt::{self, Write};
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use shadowlab_guest_abi::{
+use shadowlab_abi::{
     status, UcallCmd, UcallMsg, HYPERCALL_MMIO_GPA, NOP_PORT, UCALL_PORT, UCALL_TEXT_LEN,
 };
-use shadowlab_workloads::layout::DIRECT_MAP_BASE;
+use shadowlab_abi::layout::DIRECT_MAP_BASE;
 
 /// Whether hypercalls go through the MMIO window (set once at boot from the boot-info page,
 /// by every vCPU, to the same value).
 static HYPERCALL_MMIO: AtomicBool = AtomicBool::new(false);
 
-/// Chooses the hypercall path (see `shadowlab_guest_abi::HYPERCALL_MMIO_GPA`).
+/// Chooses the hypercall path (see `shadowlab_abi::HYPERCALL_MMIO_GPA`).
 pub fn set_hypercall_mmio(on: bool) {
     HYPERCALL_MMIO.store(on, Ordering::Relaxed);
 }
@@ -130,10 +130,10 @@ pub fn done(args: [u64; 6]) -> ! {
     )
 }
 
-/// `GUEST_DONE` with a workload report block (`shadowlab_guest_abi::report_words`), which stays
+/// `GUEST_DONE` with a workload report block (`shadowlab_abi::report_words`), which stays
 /// alive (borrowed) across the ucall.
 pub fn done_with_report(mut args: [u64; 6], block: &[u64]) -> ! {
-    use shadowlab_guest_abi::done_args::{REPORT_GPA, REPORT_LEN};
+    use shadowlab_abi::done_args::{REPORT_GPA, REPORT_LEN};
     args[REPORT_GPA] = (block.as_ptr() as u64).wrapping_sub(DIRECT_MAP_BASE);
     args[REPORT_LEN] = core::mem::size_of_val(block) as u64;
     let mut msg = UcallMsg::new();

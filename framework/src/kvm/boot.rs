@@ -7,12 +7,12 @@
 //! Either way the direct map is identity gfn -> gpa from the guest's point of view; where the
 //! backing frame of a gfn lives is the memory layer's business, not the guest's.
 
-use shadowlab_guest_abi::{
+use shadowlab_abi::layout::{
+    direct_map, pt_index, pte, DIRECT_MAP_BASE, DIRECT_MAP_SLOT, MONITOR_SLOT, PAGE_SIZE,
+};
+use shadowlab_abi::{
     boot_off, GuestMode, VcpuBoot, BOOT_INFO_GPA, BOOT_MAGIC, GUEST_LOAD_GPA, HYPERCALL_MMIO_GPA,
     MAX_VCPUS, WORKLOAD_BASE_ID,
-};
-use shadowlab_workloads::layout::{
-    direct_map, pt_index, pte, DIRECT_MAP_BASE, DIRECT_MAP_SLOT, MONITOR_SLOT, PAGE_SIZE,
 };
 use shadowlab_workloads::{Run, Workload};
 
@@ -25,7 +25,7 @@ use super::ucall::GuestPhys;
 /// What the guest runs and with which parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct GuestParams {
-    /// Program id (`shadowlab_guest_abi::program` or a workload id).
+    /// Program id (`shadowlab_abi::program` or a workload id).
     pub program: u64,
     /// Iterations.
     pub iters: u64,
@@ -36,7 +36,7 @@ pub struct GuestParams {
 }
 
 impl GuestParams {
-    /// A built-in program of the guest runtime (`shadowlab_guest_abi::program`).
+    /// A built-in program of the guest runtime (`shadowlab_abi::program`).
     pub fn builtin(program: u64, iters: u64) -> Self {
         Self {
             program,
@@ -319,10 +319,7 @@ mod tests {
             walk(&ram, root, plan.entry),
             Some(plan.entry - DIRECT_MAP_BASE)
         );
-        assert_eq!(
-            walk(&ram, root, shadowlab_workloads::layout::WORKLOAD_BASE),
-            None
-        );
+        assert_eq!(walk(&ram, root, shadowlab_abi::layout::WORKLOAD_BASE), None);
         // The monitor is linked, outside guest RAM.
         assert_eq!(ram.read_u64(root + 511 * 8).unwrap(), monitor::pml4_entry());
         // Free frames are disjoint, inside RAM, after the boot frames.

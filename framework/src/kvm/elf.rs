@@ -235,12 +235,9 @@ mod tests {
     #[test]
     fn the_built_guest_parses() {
         let img = ElfImage::parse(super::super::guest_image::GUEST_ELF).unwrap();
-        assert!(img.entry >= shadowlab_workloads::layout::DIRECT_MAP_BASE);
+        assert!(img.entry >= shadowlab_abi::layout::DIRECT_MAP_BASE);
         for s in &img.segments {
-            assert_eq!(
-                s.vaddr - s.paddr,
-                shadowlab_workloads::layout::DIRECT_MAP_BASE
-            );
+            assert_eq!(s.vaddr - s.paddr, shadowlab_abi::layout::DIRECT_MAP_BASE);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The exit handler: a plain function from a decoded exit and the vCPU's exit state to what the
 //! vCPU loop does next. It touches no file descriptor, so it is unit-tested without a guest.
 
-use shadowlab_guest_abi::{status, NOP_PORT, UCALL_PORT};
+use shadowlab_abi::{status, NOP_PORT, UCALL_PORT};
 
 use super::emulate::{decode_store, Gprs};
 use super::hooks::{FaultOutcome, MmuHooks};
@@ -210,7 +210,7 @@ fn read_report<M: GuestPhys + ?Sized>(
     gpa: u64,
     len: u64,
 ) -> Result<Option<WorkloadReport>, ()> {
-    use shadowlab_guest_abi::report_words::TOTAL;
+    use shadowlab_abi::report_words::TOTAL;
     if len == 0 {
         return Ok(None);
     }
@@ -275,7 +275,7 @@ where
             message,
         })),
         Ucall::Done(args) => {
-            use shadowlab_guest_abi::done_args;
+            use shadowlab_abi::done_args;
             let report = match read_report(
                 mem,
                 args[done_args::REPORT_GPA],
@@ -333,7 +333,7 @@ mod tests {
     use crate::kvm::hooks::{HookError, NativeMmu};
     use crate::kvm::hostmem::new_region;
     use crate::kvm::ucall::tests::{put, Ram};
-    use shadowlab_guest_abi::{UcallCmd, EXCEPTION_PORT, UCALL_OFF_RET};
+    use shadowlab_abi::{UcallCmd, EXCEPTION_PORT, UCALL_OFF_RET};
 
     /// Records MMU calls; fixes faults below 0x1000_0000.
     #[derive(Default)]
@@ -472,7 +472,7 @@ mod tests {
 
     #[test]
     fn done_with_a_report_block_is_read_and_a_bad_one_refused() {
-        use shadowlab_guest_abi::report_words::{OPS, TOTAL};
+        use shadowlab_abi::report_words::{OPS, TOTAL};
         let ram = ram();
         let mut st = ExitState::new(0);
         for i in 0..TOTAL as u64 {

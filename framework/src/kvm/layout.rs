@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! gpa 0 .. ram_size            memslot 0: guest RAM (<= 2 GiB, so a ucall's 32-bit gpa reaches it)
-//!   0x1000                     boot-info page (shadowlab-guest-abi::BOOT_INFO_GPA)
+//!   0x1000                     boot-info page (shadowlab-abi::BOOT_INFO_GPA)
 //!   0x2000                     shared page (start barrier, workload coordination)
 //!   0x100000                   guest image (linked at DIRECT_MAP_BASE + 0x100000)
 //!   after the image            per-vCPU guard page + stack, boot page tables, free frames

@@ -77,7 +77,7 @@ pub use run::{
     RunConfig, DEFAULT_REPLAY_PAGE_ZAP_MIN,
 };
 pub use shadow::{run_kvm, run_kvm_reports, HostCoherenceStats};
-pub use shadowlab_guest_abi::program;
+pub use shadowlab_abi::program;
 
 /// Why `/dev/kvm` cannot be used here, or `None` if it can (opened and API version 12).
 pub fn kvm_unavailable_reason() -> Option<String> {

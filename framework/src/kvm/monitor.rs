@@ -19,8 +19,8 @@
 //! pops and `iretq`s, so a fault the VMM fixed (a shadow-MMU fault) re-executes the faulting
 //! instruction.
 
-use shadowlab_guest_abi::{EXCEPTION_PORT, MAX_VCPUS};
-use shadowlab_workloads::layout::{pte, MONITOR_BASE};
+use shadowlab_abi::layout::{pte, MONITOR_BASE};
+use shadowlab_abi::{EXCEPTION_PORT, MAX_VCPUS};
 
 use super::layout::MONITOR_GPA;
 use super::ucall::GuestPhys;
@@ -90,7 +90,7 @@ pub const TSS_SEL0: u16 = 0x28;
 /// Bytes in the GDT.
 pub const GDT_LIMIT: u16 = (5 * 8 + MAX_VCPUS * 16 - 1) as u16;
 
-/// Vector of the native-op gate (DPL3): `int3` with EAX = a `shadowlab_guest_abi::native_op`
+/// Vector of the native-op gate (DPL3): `int3` with EAX = a `shadowlab_abi::native_op`
 /// and RDI = its argument runs `mov cr3`/`invlpg`/a CR3 reload at CPL0 in the monitor. A
 /// `native` guest runs at CPL3, so this is how its privileged MMU instructions execute.
 pub const NATIVE_GATE_VECTOR: u8 = 3;
@@ -336,10 +336,9 @@ pub enum MonitorError {
 /// monitor into every shadow root. It writes a root page once; the host's MMU sees that write
 /// like any guest page-table write.
 fn native_gate() -> [u8; 59] {
-    use shadowlab_guest_abi::native_op::{INVLPG, LOAD_CR3};
-    use shadowlab_workloads::layout::DIRECT_MAP_BASE;
-    let slot =
-        (DIRECT_MAP_BASE + 8 * shadowlab_workloads::layout::MONITOR_SLOT as u64).to_le_bytes();
+    use shadowlab_abi::layout::DIRECT_MAP_BASE;
+    use shadowlab_abi::native_op::{INVLPG, LOAD_CR3};
+    let slot = (DIRECT_MAP_BASE + 8 * shadowlab_abi::layout::MONITOR_SLOT as u64).to_le_bytes();
     let pml4e = pml4_entry().to_le_bytes();
     let mut g = [0u8; 59];
     let parts: [&[u8]; 19] = [
@@ -618,7 +617,7 @@ mod tests {
         assert_eq!(
             imms,
             [
-                shadowlab_workloads::layout::DIRECT_MAP_BASE + 511 * 8,
+                shadowlab_abi::layout::DIRECT_MAP_BASE + 511 * 8,
                 pml4_entry()
             ]
         );

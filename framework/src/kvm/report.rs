@@ -245,12 +245,12 @@ pub struct WorkloadReport {
 
 // The block carries `Histogram::buckets` word for word.
 const _: () =
-    assert!(shadowlab_guest_abi::report_words::NR_BUCKETS == shadowlab_workloads::hist::BUCKETS);
+    assert!(shadowlab_abi::report_words::NR_BUCKETS == shadowlab_workloads::hist::BUCKETS);
 
 impl WorkloadReport {
-    /// From the report block's words (`shadowlab_guest_abi::report_words`).
+    /// From the report block's words (`shadowlab_abi::report_words`).
     pub fn from_words(w: &[u64]) -> Option<Self> {
-        use shadowlab_guest_abi::report_words as r;
+        use shadowlab_abi::report_words as r;
         if w.len() != r::TOTAL {
             return None;
         }
@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn the_report_converts_back_with_its_latency_histogram() {
-        use shadowlab_guest_abi::report_words as w;
+        use shadowlab_abi::report_words as w;
         use shadowlab_workloads::Histogram;
         // What the guest does: a workload's histogram, copied word for word into the block.
         let mut h = Histogram::new();

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shadowlab_guest_abi::GuestMode;
+use shadowlab_abi::GuestMode;
 
 use super::boot::{self, GuestParams};
 use super::elf::ElfImage;
@@ -25,7 +25,7 @@ pub enum HypercallPath {
     /// Port I/O (`out`), as the ABI is specified. On a host that refuses CPL3 port I/O the
     /// `out` arrives as a #GP through the monitor and is emulated by the VMM.
     PortIo,
-    /// Stores to the MMIO window (`shadowlab_guest_abi::HYPERCALL_MMIO_GPA`): one exit.
+    /// Stores to the MMIO window (`shadowlab_abi::HYPERCALL_MMIO_GPA`): one exit.
     Mmio,
     /// MMIO on a software-virtualised host (`/sys/module/kvm_pvm`), port I/O elsewhere.
     Auto,

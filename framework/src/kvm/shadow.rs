@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use shadowlab_guest_abi::GuestMode;
+use shadowlab_abi::GuestMode;
 use shadowlab_policies::SyncPolicy;
 
 use super::boot::{self, GuestParams};

@@ -3,11 +3,11 @@
 //! Nothing here trusts the guest: the message address, the command, every length and every
 //! MMU argument is checked before use, and guest memory is read through bounds-checked copies.
 
-use shadowlab_guest_abi::{
+use shadowlab_abi::layout::{is_canonical, PAGE_SIZE};
+use shadowlab_abi::{
     UcallCmd, UCALL_MSG_SIZE, UCALL_OFF_ARGS, UCALL_OFF_CMD, UCALL_OFF_LEN, UCALL_OFF_TEXT,
     UCALL_TEXT_LEN,
 };
-use shadowlab_workloads::layout::PAGE_SIZE;
 
 use crate::mem::MemError;
 
@@ -88,7 +88,7 @@ pub enum UcallError {
 impl UcallError {
     /// The status written into the message (none for a bad address).
     pub fn status(&self) -> Option<u64> {
-        use shadowlab_guest_abi::status;
+        use shadowlab_abi::status;
         match self {
             Self::BadAddress(_) => None,
             Self::BadCommand(_) => Some(status::BAD_COMMAND),
@@ -108,12 +108,6 @@ pub fn check_address<M: GuestPhys + ?Sized>(mem: &M, gpa: u64) -> Result<(), Uca
         return Err(UcallError::BadAddress(gpa));
     }
     Ok(())
-}
-
-/// Whether `gva` is canonical (48-bit).
-pub fn is_canonical(gva: u64) -> bool {
-    let top = (gva as i64) >> 47;
-    top == 0 || top == -1
 }
 
 /// Reads and validates the message at `gpa`.
@@ -200,7 +194,7 @@ pub fn read<M: GuestPhys + ?Sized>(mem: &M, gpa: u64) -> Result<Ucall, UcallErro
 /// Writes the status of the message at `gpa` (already validated by [`read`] or
 /// [`check_address`]).
 pub fn write_status<M: GuestPhys + ?Sized>(mem: &M, gpa: u64, status: u64) -> Result<(), MemError> {
-    mem.write_u64(gpa + shadowlab_guest_abi::UCALL_OFF_RET, status)
+    mem.write_u64(gpa + shadowlab_abi::UCALL_OFF_RET, status)
 }
 
 #[cfg(test)]
@@ -208,7 +202,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::kvm::hostmem::{new_region, RegionExt};
     use crate::mem::MemRegion;
-    use shadowlab_guest_abi::{status, UCALL_OFF_RET};
+    use shadowlab_abi::{status, UCALL_OFF_RET};
 
     /// Guest RAM backed directly by a mapping (as in `native`).
     pub(crate) struct Ram(pub MemRegion);

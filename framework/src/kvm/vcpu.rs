@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use shadowlab_guest_abi::{EXCEPTION_PORT, HYPERCALL_MMIO_GPA, NOP_PORT, UCALL_PORT};
-use shadowlab_workloads::layout::DIRECT_MAP_BASE;
+use shadowlab_abi::layout::DIRECT_MAP_BASE;
+use shadowlab_abi::{EXCEPTION_PORT, HYPERCALL_MMIO_GPA, NOP_PORT, UCALL_PORT};
 
 use super::emulate::Gprs;
 use super::error::KvmError;
@@ -283,7 +283,7 @@ fn run_replay_by_hand(
     })?;
     let mut r = regs;
     r.rip = monitor::replay_entry();
-    r.rsp = shadowlab_workloads::layout::MONITOR_BASE + monitor::hand_stack_top_off(index);
+    r.rsp = shadowlab_abi::layout::MONITOR_BASE + monitor::hand_stack_top_off(index);
     r.rflags = 0x2;
     let mut s = sregs;
     // The monitor's flat 64-bit kernel code and data segments (as `monitor`'s GDT has them).

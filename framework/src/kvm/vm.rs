@@ -6,8 +6,8 @@ use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
-use shadowlab_guest_abi::{VcpuBoot, BOOT_INFO_GPA};
-use shadowlab_workloads::layout::{direct_map, MONITOR_BASE};
+use shadowlab_abi::layout::{direct_map, MONITOR_BASE};
+use shadowlab_abi::{VcpuBoot, BOOT_INFO_GPA};
 
 use super::error::KvmError;
 use super::hostmem::{new_region, RegionExt};

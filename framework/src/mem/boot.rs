@@ -11,7 +11,7 @@
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
-use shadowlab_workloads::layout::{self, pte};
+use shadowlab_abi::layout::{self, pte};
 
 use super::{GuestMemory, MemError};
 

@@ -3,8 +3,8 @@
 
 use std::sync::atomic::Ordering;
 
+use shadowlab_abi::layout;
 use shadowlab_policies::SyncPolicy;
-use shadowlab_workloads::layout;
 
 use super::page::{SpIdx, SpteRef};
 use super::shadow_walk::{shadow_walk, ShadowMiss, ShadowTranslation};

@@ -74,7 +74,7 @@ impl<P: SyncPolicy> Mmu<P> {
 
 #[cfg(test)]
 mod tests {
-    use shadowlab_workloads::layout::{self, pte};
+    use shadowlab_abi::layout::{self, pte};
 
     use crate::mmu::testutil::{Rig, GVA};
     use crate::mmu::{Access, FaultOutcome};

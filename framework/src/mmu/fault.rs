@@ -1,8 +1,8 @@
 //! The page-fault path: `kvm_mmu_page_fault` → `FNAME(page_fault)` → `FNAME(fetch)`, with
 //! `kvm_mmu_get_page`, `link_shadow_page` and `mmu_set_spte`.
 
+use shadowlab_abi::layout;
 use shadowlab_policies::SyncPolicy;
-use shadowlab_workloads::layout;
 
 use super::page::{MmuState, Role, SpIdx, SpState, SpteRef};
 use super::spte::{
@@ -10,9 +10,10 @@ use super::spte::{
 };
 use super::stats::{Counter, CounterBlock};
 use super::vcpu::VcpuMmu;
-use super::walk::{is_canonical, walk_addr, GuestFault, GuestWalker, WalkFail};
+use super::walk::{walk_addr, GuestFault, GuestWalker, WalkFail};
 use super::zap::ZapList;
 use super::{Mmu, MmuError, KVM_REQ_MMU_RELOAD, MIN_FREE_PAGES};
+use shadowlab_abi::layout::is_canonical;
 
 /// What the backend must do after [`Mmu::page_fault`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -384,7 +385,7 @@ mod tests {
     use super::*;
     use crate::mmu::spte::{SPTE_MMU_WRITABLE, SPTE_W};
     use crate::mmu::testutil::{Rig, GVA};
-    use shadowlab_workloads::layout::pte;
+    use shadowlab_abi::layout::pte;
 
     #[test]
     fn fault_links_four_levels_and_maps_the_backing_frame() {

@@ -132,9 +132,7 @@ pub use stats::{Counter, MmuStats};
 pub use vcpu::{
     CachedRoot, VcpuMmu, KVM_MMU_NUM_PREV_ROOTS, KVM_REQ_MMU_RELOAD, KVM_REQ_TLB_FLUSH,
 };
-pub use walk::{
-    guest_translate, is_canonical, walk_addr, GuestFault, GuestTranslation, GuestWalker, WalkFail,
-};
+pub use walk::{guest_translate, walk_addr, GuestFault, GuestTranslation, GuestWalker, WalkFail};
 
 use lock::MmuLock;
 use page::MmuState;

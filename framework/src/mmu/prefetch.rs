@@ -8,8 +8,8 @@
 
 use std::sync::atomic::Ordering;
 
+use shadowlab_abi::layout::pte;
 use shadowlab_policies::SyncPolicy;
-use shadowlab_workloads::layout::pte;
 
 use super::page::{MmuState, SpteRef};
 use super::spte::{gpte_access, is_present, make_leaf_spte, ACC_WRITE, GPTE_RSVD_ADDR};
@@ -118,7 +118,7 @@ mod tests {
     use crate::mmu::spte::{Access, SPTE_W};
     use crate::mmu::testutil::{Rig, GVA};
     use crate::mmu::FaultOutcome;
-    use shadowlab_workloads::layout;
+    use shadowlab_abi::layout;
 
     const PAGE: u64 = 4096;
     /// A gva at the start of an aligned group of 8 leaf entries.

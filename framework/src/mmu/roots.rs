@@ -5,8 +5,8 @@
 
 use std::sync::atomic::Ordering;
 
+use shadowlab_abi::layout::{self, pte};
 use shadowlab_policies::SyncPolicy;
-use shadowlab_workloads::layout::{self, pte};
 
 use super::page::{MmuState, Role, SpIdx, SpteRef};
 use super::spte::GPTE_RSVD_ADDR;

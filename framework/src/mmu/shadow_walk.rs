@@ -12,7 +12,7 @@
 
 use std::sync::atomic::Ordering;
 
-use shadowlab_workloads::layout;
+use shadowlab_abi::layout;
 
 use super::spte::{
     is_present, spte_access, Access, ACC_ALL, SPTE_A, SPTE_ADDR, SPTE_D, SPTE_MMU_WRITABLE,

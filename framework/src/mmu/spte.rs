@@ -8,7 +8,7 @@
 //! withheld for write tracking or dirty logging ([`SPTE_MMU_WRITABLE`], KVM's bit of the same
 //! name), so `mmu_try_to_unsync_pages` can restore W without a new guest walk.
 
-use shadowlab_workloads::layout::pte;
+use shadowlab_abi::layout::pte;
 
 /// Present.
 pub const SPTE_P: u64 = pte::P;

@@ -3,8 +3,8 @@
 
 use std::sync::atomic::Ordering;
 
+use shadowlab_abi::layout::{self, pte};
 use shadowlab_policies::{unsync_under_lock, HostMemory, SyncPolicy};
-use shadowlab_workloads::layout::{self, pte};
 
 use super::page::{MmuState, SpIdx, SpteRef};
 use super::prefetch::prefetch_invalid_gpte;
@@ -13,9 +13,9 @@ use super::spte::{
 };
 use super::stats::{Counter, CounterBlock};
 use super::vcpu::VcpuMmu;
-use super::walk::is_canonical;
 use super::zap::ZapList;
 use super::Mmu;
+use shadowlab_abi::layout::is_canonical;
 
 impl<P: SyncPolicy> Mmu<P> {
     /// KVM's `kvm_mmu_sync_roots`: bring the current root's unsync pages up to date with the

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use shadowlab_workloads::layout::{self, pte};
+use shadowlab_abi::layout::{self, pte};
 
 use super::walk::tests::TestGuest;
 use super::{Access, FaultOutcome, Mmu, VcpuMmu};

@@ -16,7 +16,7 @@
 
 use std::sync::atomic::Ordering;
 
-use shadowlab_workloads::layout::{self, pte};
+use shadowlab_abi::layout::{self, is_canonical, pte};
 
 use super::spte::{gpte_access, pferr, Access, ACC_ALL, ACC_WRITE, GPTE_RSVD_ADDR};
 use crate::mem::GuestMemory;
@@ -97,12 +97,6 @@ impl GuestWalker {
     pub fn is_dirty(&self) -> bool {
         self.ptes[0] & pte::D != 0
     }
-}
-
-/// Whether `gva` is canonical for 48-bit virtual addresses.
-#[inline]
-pub const fn is_canonical(gva: u64) -> bool {
-    ((gva as i64) << 16 >> 16) as u64 == gva
 }
 
 /// Reserved bits of a guest PTE at `level` (KVM's `rsvd_bits_mask`, for our 4 KiB-only

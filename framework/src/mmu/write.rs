@@ -88,7 +88,7 @@ impl<P: SyncPolicy> Mmu<P> {
             }
             let index = ((gpa & 0xfff) / 8) as u16;
             if self.sp(sp).role().level == 4
-                && index as usize == shadowlab_workloads::layout::MONITOR_SLOT
+                && index as usize == shadowlab_abi::layout::MONITOR_SLOT
             {
                 continue;
             }
@@ -140,7 +140,7 @@ mod tests {
     use super::*;
     use crate::mmu::testutil::{Rig, GVA};
     use crate::mmu::{Access, FaultOutcome};
-    use shadowlab_workloads::layout::{self, pte};
+    use shadowlab_abi::layout::{self, pte};
 
     #[test]
     fn misalignment_rules_match_kvm() {

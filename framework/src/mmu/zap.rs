@@ -4,8 +4,8 @@
 
 use std::sync::atomic::Ordering;
 
+use shadowlab_abi::layout;
 use shadowlab_policies::SyncPolicy;
-use shadowlab_workloads::layout;
 
 use super::page::{MmuState, SpIdx, SpteRef};
 use super::spte::{is_present, SPTE_W};
@@ -230,7 +230,7 @@ mod tests {
     use crate::mmu::{
         Access, FaultOutcome, KVM_MMU_NUM_PREV_ROOTS, KVM_REQ_TLB_FLUSH, MIN_FREE_PAGES,
     };
-    use shadowlab_workloads::layout::pte;
+    use shadowlab_abi::layout::pte;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 

@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::panic::resume_unwind;
 use std::sync::atomic::Ordering;
 
+use shadowlab_abi::layout::is_canonical;
 use shadowlab_policies::SyncPolicy;
 use shadowlab_workloads::{Cpu, RET};
 
@@ -13,8 +14,8 @@ use super::tlb::{SoftTlb, TlbEntry};
 use super::{SimAbort, SimFault, SimVm};
 use crate::mmu::spte::SPTE_D;
 use crate::mmu::{
-    guest_translate, is_canonical, shadow_walk, Access, FaultOutcome, GuestFault, GuestTranslation,
-    Mmu, ShadowMiss, ShadowTranslation, VcpuMmu, KVM_REQ_MMU_RELOAD, KVM_REQ_TLB_FLUSH,
+    guest_translate, shadow_walk, Access, FaultOutcome, GuestFault, GuestTranslation, Mmu,
+    ShadowMiss, ShadowTranslation, VcpuMmu, KVM_REQ_MMU_RELOAD, KVM_REQ_TLB_FLUSH,
 };
 
 /// Consecutive faults on one access after which the vCPU stops with

@@ -24,8 +24,8 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use shadowlab_abi::layout::{self, direct_map, pte};
 use shadowlab_policies::{AcquireLoad, AlwaysLock, NoBarrier, RmbFence, SeqCstFence, SyncPolicy};
-use shadowlab_workloads::layout::{self, direct_map, pte};
 use shadowlab_workloads::Cpu;
 
 use super::{run_with, SimConfig, SimCpu, SimVm};
@@ -60,6 +60,12 @@ impl Frames {
     }
 }
 
+/// The held vCPU's mailbox: the MMU's kicker and the test both send to it.
+struct Kicks {
+    rx: Mutex<mpsc::Receiver<Go>>,
+    tx: mpsc::Sender<Go>,
+}
+
 /// What a message to the held vCPU says.
 enum Go {
     /// A remote TLB flush kicked it (sent by the MMU's kicker, from inside the flush).
@@ -76,8 +82,7 @@ fn race_one_fault<P: SyncPolicy>(
     vm: &SimVm<P>,
     cpu0: &mut SimCpu<'_, P>,
     cpu1: &mut SimCpu<'_, P>,
-    kicks: &Mutex<mpsc::Receiver<Go>>,
-    kick_tx: &mpsc::Sender<Go>,
+    kicks: &Kicks,
     store_gva: u64,
     value: u64,
     read_gva: u64,
@@ -100,6 +105,7 @@ fn race_one_fault<P: SyncPolicy>(
             );
             in_guest_tx.send(()).unwrap();
             let go = kicks
+                .rx
                 .lock()
                 .unwrap()
                 .recv_timeout(Duration::from_secs(60))
@@ -119,11 +125,11 @@ fn race_one_fault<P: SyncPolicy>(
             "read {racing:#x} through {read_gva:#x}"
         );
         // If no flush kicked vCPU 1 it is still waiting: release it.
-        let _ = kick_tx.send(Go::After);
+        let _ = kicks.tx.send(Go::After);
         held.join().unwrap()
     });
     // Drain the release message if the kick came first.
-    while kicks.lock().unwrap().try_recv().is_ok() {}
+    while kicks.rx.lock().unwrap().try_recv().is_ok() {}
     // The shootdown: vCPU 1 changed a PTE that vCPU 0 may cache.
     cpu0.invlpg(read_gva);
     let after_invlpg = cpu0.try_read_u64(read_gva).unwrap();
@@ -155,9 +161,12 @@ fn run_shape<P: SyncPolicy>(shape: Shape) -> ((u64, u64), bool) {
     };
     let vm = SimVm::<P>::new(&cfg).unwrap();
     let (kick_tx, kick_rx) = mpsc::channel();
-    let kicks = Mutex::new(kick_rx);
+    let kicks = Kicks {
+        rx: Mutex::new(kick_rx),
+        tx: kick_tx.clone(),
+    };
     {
-        let tx = Mutex::new(kick_tx.clone());
+        let tx = Mutex::new(kick_tx);
         vm.mmu().set_kicker(move |id| {
             if id == 1 {
                 let _ = tx.lock().unwrap().send(Go::Kick);
@@ -195,7 +204,6 @@ fn run_shape<P: SyncPolicy>(shape: Shape) -> ((u64, u64), bool) {
                 &mut cpu0,
                 &mut cpu1,
                 &kicks,
-                &kick_tx,
                 slot(t2, 7),
                 new | FLAGS,
                 gva(L4, 0, 1, 7),
@@ -221,7 +229,6 @@ fn run_shape<P: SyncPolicy>(shape: Shape) -> ((u64, u64), bool) {
         &mut cpu0,
         &mut cpu1,
         &kicks,
-        &kick_tx,
         slot(t, 7),
         new | FLAGS,
         read_gva,

@@ -1,7 +1,7 @@
 //! Tests of the simulated backend, driving it through the workloads' `Cpu` trait with a small
 //! page-table manager written here (the real one lives in the workloads crate).
 
-use shadowlab_workloads::layout::{self, direct_map, pte};
+use shadowlab_abi::layout::{self, direct_map, pte};
 use shadowlab_workloads::Cpu;
 
 use super::*;
@@ -655,7 +655,7 @@ fn a_non_canonical_address_is_general_protection_before_the_tlb() {
         cpu.write_u64(gva, u64::from(shadowlab_workloads::RET));
         cpu.fetch(gva);
         let twin = gva ^ (0xffff << 48);
-        assert!(!crate::mmu::is_canonical(twin));
+        assert!(!shadowlab_abi::layout::is_canonical(twin));
         let (before, faults) = (cpu.stats(), cpu.vm().mmu().stats().faults);
         assert_eq!(
             guest_fault(cpu.try_read_u64(twin)),

@@ -4,10 +4,10 @@ use super::{check_page, require, Run};
 use crate::cpu::Cpu;
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
-use crate::layout::WORKLOAD_BASE;
 use crate::paging::{Flags, PageTables};
 use crate::report::{Counted, Params, Report};
 use crate::rng::{pattern, Rng};
+use shadowlab_abi::layout::WORKLOAD_BASE;
 
 /// Most roots `cr3-switch` builds (KVM caches 3 previous roots; more than that also exercises
 /// the shadow-root lookup by hash).

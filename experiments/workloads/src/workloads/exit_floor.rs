@@ -4,9 +4,9 @@ use super::{check_word, Run};
 use crate::cpu::{CheckFailed, Cpu};
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
-use crate::layout::direct_map;
 use crate::report::{Counted, Params, Report};
 use crate::rng::pattern;
+use shadowlab_abi::layout::direct_map;
 
 /// `exit-floor`: `iters` times `cpu.hypercall_nop()`. `size` = hypercalls per latency sample
 /// (0 or 1, the default: each hypercall timed alone; `k`: one timestamp per `k` hypercalls and

@@ -4,11 +4,11 @@ use super::{check_page, require, stamp, Run};
 use crate::cpu::Cpu;
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
-use crate::layout::{pte, PAGE_SIZE, PT_ENTRIES, WORKLOAD_BASE};
 use crate::paging::{read_entry, Flags, PageTables};
 use crate::report::{Counted, Params, Report};
 use crate::rng::{pattern, Rng};
 use crate::tlb::TlbGather;
+use shadowlab_abi::layout::{pte, PAGE_SIZE, PT_ENTRIES, WORKLOAD_BASE};
 
 /// Regions the mappings rotate over, each in its own 1 GiB (its own PDPT entry).
 pub const REGIONS: u64 = 8;

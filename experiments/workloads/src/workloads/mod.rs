@@ -15,8 +15,8 @@ use enum_dispatch::enum_dispatch;
 
 use crate::cpu::{CheckFailed, Cpu};
 use crate::error::WorkloadError;
-use crate::layout::{direct_map, PAGE_SIZE};
 use crate::report::{Params, Report};
+use shadowlab_abi::layout::{direct_map, PAGE_SIZE};
 
 mod cr3_switch;
 mod exit_floor;

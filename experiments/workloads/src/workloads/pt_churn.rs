@@ -4,11 +4,11 @@ use super::{check_page, check_word, require, stamp, Run};
 use crate::cpu::Cpu;
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
-use crate::layout::{direct_map, PAGE_SIZE, WORKLOAD_BASE};
 use crate::paging::{Flags, PageTables};
 use crate::report::{Counted, Params, Report};
 use crate::rng::{pattern, Rng};
 use crate::tlb::TlbGather;
+use shadowlab_abi::layout::{direct_map, PAGE_SIZE, WORKLOAD_BASE};
 
 /// Most pages `pt-churn` churns.
 pub const MAX_PAGES: u64 = 4096;

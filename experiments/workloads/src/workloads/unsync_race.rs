@@ -5,12 +5,12 @@ use super::{check_page, require, stamp, Run};
 use crate::cpu::Cpu;
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
-use crate::layout::{pt_index, pte, PAGE_SIZE, PT_ENTRIES, WORKLOAD_BASE};
 use crate::paging::{read_entry, write_entry, Flags, PageTables};
 use crate::report::{Counted, Params, Report};
 use crate::rng::pattern;
 use crate::sync::{abort_peers, shared_word, spin_until_at_least, word, Barrier};
 use crate::tlb::TlbGather;
+use shadowlab_abi::layout::{pt_index, pte, PAGE_SIZE, PT_ENTRIES, WORKLOAD_BASE};
 
 /// `unsync-race`. One page table T maps 512 slots `WORKLOAD_BASE + s * 4 KiB`; every vCPU owns
 /// `size` consecutive slots (vCPU `k` owns `k*size .. (k+1)*size`; `nr_vcpus * size <= 512`,

@@ -39,24 +39,32 @@ pub const MONITOR_BASE: u64 = 0xffff_ff80_0000_0000;
 /// null pointer faults).
 pub const WORKLOAD_BASE: u64 = 0x0000_0080_0000_0000;
 
-/// x86-64 page-table entry bits used by the guest and the shadow MMU.
+/// x86-64 page-table entry bits used by the guest and the shadow MMU, taken from the `x86_64`
+/// crate's [`PageTableFlags`](x86_64::structures::paging::PageTableFlags) (as `u64`, the form
+/// the tables are read and written in).
 pub mod pte {
+    use x86_64::structures::paging::PageTableFlags as F;
+
     /// Present.
-    pub const P: u64 = 1 << 0;
+    pub const P: u64 = F::PRESENT.bits();
     /// Writable.
-    pub const W: u64 = 1 << 1;
+    pub const W: u64 = F::WRITABLE.bits();
     /// User-accessible.
-    pub const U: u64 = 1 << 2;
+    pub const U: u64 = F::USER_ACCESSIBLE.bits();
     /// Accessed.
-    pub const A: u64 = 1 << 5;
+    pub const A: u64 = F::ACCESSED.bits();
     /// Dirty (leaf only).
-    pub const D: u64 = 1 << 6;
+    pub const D: u64 = F::DIRTY.bits();
     /// Page size (large page) in a PDE/PDPTE; unsupported, treated as reserved.
-    pub const PS: u64 = 1 << 7;
+    pub const PS: u64 = F::HUGE_PAGE.bits();
     /// No-execute.
-    pub const NX: u64 = 1 << 63;
+    pub const NX: u64 = F::NO_EXECUTE.bits();
     /// The physical-address field (bits 12..=51).
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+    // The architectural bit positions, checked at build time.
+    const _: () = assert!(P == 1 << 0 && W == 1 << 1 && U == 1 << 2 && A == 1 << 5);
+    const _: () = assert!(D == 1 << 6 && PS == 1 << 7 && NX == 1 << 63);
 }
 
 /// Guest virtual address of guest-physical address `gpa` in the direct map.
@@ -69,4 +77,44 @@ pub const fn direct_map(gpa: u64) -> u64 {
 #[inline(always)]
 pub const fn pt_index(gva: u64, level: u32) -> usize {
     ((gva >> (PAGE_SHIFT + 9 * (level - 1))) & 0x1ff) as usize
+}
+
+/// Whether `gva` is canonical for 48-bit virtual addresses (bits 63..=47 all equal). A
+/// non-canonical access raises #GP, not #PF, before any TLB lookup or page walk.
+#[inline(always)]
+pub const fn is_canonical(gva: u64) -> bool {
+    let top = gva >> 47;
+    top == 0 || top == 0x1_ffff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_addresses_are_the_two_ends_of_the_space() {
+        assert!(is_canonical(0));
+        assert!(is_canonical(0x0000_7fff_ffff_ffff));
+        assert!(!is_canonical(0x0000_8000_0000_0000));
+        assert!(!is_canonical(0xffff_7fff_ffff_ffff));
+        assert!(is_canonical(0xffff_8000_0000_0000));
+        assert!(is_canonical(MONITOR_BASE));
+        assert!(is_canonical(direct_map(0x1000)));
+    }
+
+    #[test]
+    fn table_indices_take_nine_bits_per_level() {
+        let gva = (3u64 << 39) | (5 << 30) | (7 << 21) | (9 << 12) | 0x123;
+        assert_eq!(
+            [
+                pt_index(gva, 4),
+                pt_index(gva, 3),
+                pt_index(gva, 2),
+                pt_index(gva, 1)
+            ],
+            [3, 5, 7, 9]
+        );
+        assert_eq!(pt_index(DIRECT_MAP_BASE, 4), DIRECT_MAP_SLOT);
+        assert_eq!(pt_index(MONITOR_BASE, 4), MONITOR_SLOT);
+    }
 }

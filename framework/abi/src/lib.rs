@@ -1,8 +1,10 @@
 //! The contract between the VMM and the paravirtual guest: I/O ports, the ucall message, the
-//! boot-info page and the guest-physical layout the VMM boots the guest with.
+//! boot-info page, the report block's word encoding, and the address-space [`layout`] (PML4
+//! slots, PTE bits, `is_canonical`) that the shadow MMU, the monitor, the guest and the
+//! workloads all take from here.
 //!
-//! `no_std` and dependency-free: the guest links it, and so does the VMM, so both sides read one
-//! definition. Modelled on the KVM selftests' ucall (`tools/testing/selftests/kvm/lib/ucall_common.c`
+//! `no_std`, depending only on the `x86_64` crate (for the architectural PTE bits): the guest
+//! links it, and so does the VMM, so both sides read one definition. Modelled on the KVM selftests' ucall (`tools/testing/selftests/kvm/lib/ucall_common.c`
 //! and `lib/x86/ucall.c`): the guest fills a message in its own memory and does one port-I/O
 //! write whose 32-bit value is the message's guest-physical address; the VMM reads the message,
 //! acts, writes a status back into it and resumes the guest.
@@ -12,7 +14,8 @@
 //! the message's guest-physical address (guest RAM is below 4 GiB), so a ucall costs one exit
 //! and no register read, and the VMM reports success or failure in [`UcallMsg::ret`].
 #![no_std]
-#![warn(missing_docs)]
+
+pub mod layout;
 
 /// Guest-physical page of the MMIO hypercall window (no memslot behind it, so a store there
 /// exits to the VMM as KVM_EXIT_MMIO). A store of 4 bytes at `HYPERCALL_MMIO_GPA + port` is the
@@ -31,7 +34,7 @@ pub const NOP_PORT: u16 = 0xe1;
 /// Port the monitor's exception stubs write the vector number to (see the VMM's `monitor`).
 pub const EXCEPTION_PORT: u16 = 0xe2;
 
-/// The guest runs at CPL3 (see `shadowlab_workloads::layout`). In `native` mode its privileged
+/// The guest runs at CPL3 (see `shadowlab_abi::layout`). In `native` mode its privileged
 /// MMU instructions run in the monitor's CPL0 gate, entered with `int3` (vector 3, a DPL3
 /// interrupt gate; `int n` with other vectors is refused by this machine's software-virtualised
 /// host) with EAX = one of these operations and RDI = the argument.
