@@ -5,6 +5,7 @@
 pub mod kvm;
 pub mod mem;
 pub mod mmu;
+pub mod perf;
 pub mod policy;
 pub mod sim;
 pub mod worker;

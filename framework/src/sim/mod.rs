@@ -64,6 +64,7 @@ pub use cpu::{Privilege, SimCpu, SimCpuStats};
 use crate::mem::boot::{build_boot_tables, BootError};
 use crate::mem::{FrameMap, GuestMemory, MemConfig, MemError};
 use crate::mmu::{GuestFault, Mmu, MmuError, MmuStats};
+use crate::perf::{PerfCounts, ThreadCounters};
 use crate::BuildPolicy;
 
 /// Parameters of a simulated VM.
@@ -248,6 +249,8 @@ pub struct SimRun<R> {
     pub mmu: MmuStats,
     /// Each vCPU's access-path counters.
     pub cpus: Vec<SimCpuStats>,
+    /// Each vCPU thread's perf counters over its run of the closure.
+    pub perf: Vec<PerfCounts>,
     /// Wall-clock time of the run (threads started to last joined).
     pub elapsed: Duration,
 }
@@ -270,14 +273,20 @@ where
 {
     let vm = SimVm::<P>::new(cfg)?;
     let t0 = Instant::now();
-    let outcomes: Vec<Result<(R, SimCpuStats), SimError>> = std::thread::scope(|s| {
+    type Outcome<R> = Result<(R, SimCpuStats, PerfCounts), SimError>;
+    let outcomes: Vec<Outcome<R>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..cfg.vcpus)
             .map(|id| {
                 let (vm, f) = (&vm, &f);
-                s.spawn(move || -> Result<(R, SimCpuStats), SimError> {
+                s.spawn(move || -> Outcome<R> {
                     let mut cpu = vm.cpu(id).inspect_err(|_| vm.set_aborted())?;
-                    match catch_unwind(AssertUnwindSafe(|| f(&mut cpu))) {
-                        Ok(r) => Ok((r, cpu.stats())),
+                    // This thread's counters, around the measured region only.
+                    let mut counters = ThreadCounters::open();
+                    counters.start();
+                    let ran = catch_unwind(AssertUnwindSafe(|| f(&mut cpu)));
+                    let perf = counters.stop();
+                    match ran {
+                        Ok(r) => Ok((r, cpu.stats(), perf)),
                         Err(payload) => match payload.downcast::<SimAbort>() {
                             Ok(abort) => Err(SimError::Vcpu {
                                 vcpu: id,
@@ -302,11 +311,13 @@ where
     let mut first_other = None;
     let mut results = Vec::with_capacity(outcomes.len());
     let mut cpus = Vec::with_capacity(outcomes.len());
+    let mut perf = Vec::with_capacity(outcomes.len());
     for o in outcomes {
         match o {
-            Ok((r, s)) => {
+            Ok((r, s, p)) => {
                 results.push(r);
                 cpus.push(s);
+                perf.push(p);
             }
             Err(SimError::Vcpu {
                 fault: SimFault::OtherVcpuFailed,
@@ -327,6 +338,7 @@ where
         results,
         mmu: vm.mmu.stats(),
         cpus,
+        perf,
         elapsed,
     })
 }
