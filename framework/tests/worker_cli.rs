@@ -54,6 +54,7 @@ fn every_workload_passes_on_sim_with_its_op_count_and_counters() {
         ("mmap-churn", "1"),
         ("fault-storm", "2"),
         ("exit-floor", "1"),
+        ("relink-race", "2"),
     ] {
         let out = worker(&[
             "--backend",
@@ -117,6 +118,14 @@ fn the_paths_each_workload_exists_for_are_taken() {
     assert!(churn["pages_synced"].as_u64().unwrap() >= 100, "{churn}");
     let race = stats("unsync-race", "2");
     assert!(race["unsyncs"].as_u64().unwrap() > 0, "{race}");
+    // relink-race links tables at new upper-level entries (emulated writes) and its flushes
+    // and INVLPGs sync what the parent wrote.
+    let relink = stats("relink-race", "2");
+    assert!(
+        relink["emulated_writes"].as_u64().unwrap() >= 100,
+        "{relink}"
+    );
+    assert!(relink["syncs"].as_u64().unwrap() > 0, "{relink}");
     let mmap = stats("mmap-churn", "1");
     assert!(mmap["pages_zapped"].as_u64().unwrap() > 0, "{mmap}");
     assert!(mmap["emulated_writes"].as_u64().unwrap() > 0, "{mmap}");

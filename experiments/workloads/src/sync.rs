@@ -15,13 +15,24 @@ pub const SPIN_LIMIT: u64 = 1 << 32;
 pub mod word {
     /// The barrier's arrival counter.
     pub const BARRIER: u64 = 0;
-    /// `unsync-race`: PTE batches published by the writer vCPUs, in total.
+    /// `unsync-race`: PTE batches published by the writer vCPUs, in total. `relink-race`:
+    /// rounds the children have finished, in total.
     pub const DONE: u64 = 1;
     /// `unsync-race`: guest-physical address of the shared leaf table, published by vCPU 0.
     pub const TABLE: u64 = 2;
     /// Non-zero once some vCPU has failed: every wait gives up with
     /// [`WorkloadError::PeerFailed`] instead of spinning until [`SPIN_LIMIT`].
     pub const ABORT: u64 = 3;
+    /// `relink-race`: the last round whose new link vCPU 0 has published.
+    pub const LINK: u64 = 4;
+    /// `relink-race`: children about to fault through the round's link, in total.
+    pub const GO: u64 = 5;
+    /// `relink-race`: the last round whose table edit vCPU 0 has made and invalidated on itself.
+    pub const EDIT: u64 = 6;
+    /// `relink-race`: guest-physical address of the root the children run on.
+    pub const ROOT: u64 = 7;
+    /// `relink-race`: guest-physical address of vCPU 0's first data frame.
+    pub const DATA: u64 = 8;
 }
 
 /// Direct-map address of word `w` of the shared page.

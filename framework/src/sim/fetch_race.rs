@@ -78,6 +78,7 @@ enum Go {
 /// `read_gva` (and so faults), makes vCPU 1 store `value` there when the first flush kicks
 /// it (or after the fault if none does), then shoots vCPU 0 down and returns what its reads
 /// saw: (after INVLPG, after a full flush). Also returns whether the store came from a kick.
+#[allow(clippy::too_many_arguments)]
 fn race_one_fault<P: SyncPolicy>(
     vm: &SimVm<P>,
     cpu0: &mut SimCpu<'_, P>,

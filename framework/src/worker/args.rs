@@ -34,7 +34,8 @@ pub struct WorkerArgs {
     /// Backend.
     #[arg(long, value_enum, default_value_t = Backend::Sim)]
     pub backend: Backend,
-    /// Workload: cr3-switch, pt-churn, unsync-race, mmap-churn, fault-storm, exit-floor.
+    /// Workload: cr3-switch, pt-churn, unsync-race, mmap-churn, fault-storm, exit-floor,
+    /// relink-race.
     #[arg(long, required_unless_present = "version")]
     pub workload: Option<String>,
     /// vCPUs.

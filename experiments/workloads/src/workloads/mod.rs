@@ -1,9 +1,11 @@
-//! The six workloads of DESIGN.md and the [`Workload`] enum that dispatches between them.
+//! The six workloads of DESIGN.md, `relink-race` (issue 7), and the [`Workload`] enum that
+//! dispatches between them.
 //!
 //! Every vCPU of a run calls [`Run::run`] on the same `Workload` value with its own [`Cpu`] and
-//! gets its own [`Report`]. Only `unsync-race` coordinates its vCPUs; the others run the same
-//! loop independently on each vCPU, each in address spaces of its own built from its own
-//! `free_frames()` (so N vCPUs of `pt-churn` contend for the VMM's MMU lock, not for data).
+//! gets its own [`Report`]. Only `unsync-race` and `relink-race` coordinate their vCPUs; the
+//! others run the same loop independently on each vCPU, each in address spaces of its own
+//! built from its own `free_frames()` (so N vCPUs of `pt-churn` contend for the VMM's MMU lock,
+//! not for data).
 //!
 //! Self-checks: every data frame is stamped through the direct map with
 //! [`pattern`](crate::rng::pattern)`(seed, gpa, round)` in word 0 and its complement in word 511,
@@ -23,6 +25,7 @@ mod exit_floor;
 mod fault_storm;
 mod mmap_churn;
 mod pt_churn;
+mod relink_race;
 mod unsync_race;
 
 pub use cr3_switch::Cr3Switch;
@@ -30,6 +33,7 @@ pub use exit_floor::ExitFloor;
 pub use fault_storm::FaultStorm;
 pub use mmap_churn::MmapChurn;
 pub use pt_churn::PtChurn;
+pub use relink_race::RelinkRace;
 pub use unsync_race::UnsyncRace;
 
 /// What every workload does.
@@ -62,11 +66,14 @@ pub enum Workload {
     FaultStorm,
     /// `exit-floor`.
     ExitFloor,
+    /// `relink-race`.
+    RelinkRace,
 }
 
 impl Workload {
-    /// Every workload, with its default parameters, in DESIGN.md's order.
-    pub const ALL: [Workload; 6] = [
+    /// Every workload, with its default parameters, in DESIGN.md's order, then `relink-race`
+    /// (last, so that the guest's workload numbers of the first six stay the same).
+    pub const ALL: [Workload; 7] = [
         Workload::Cr3Switch(Cr3Switch {
             params: Cr3Switch::DEFAULT,
         }),
@@ -85,6 +92,9 @@ impl Workload {
         Workload::ExitFloor(ExitFloor {
             params: ExitFloor::DEFAULT,
         }),
+        Workload::RelinkRace(RelinkRace {
+            params: RelinkRace::DEFAULT,
+        }),
     ];
 
     /// The workload called `name`, with its default parameters.
@@ -93,7 +103,7 @@ impl Workload {
     }
 
     /// The names of all workloads (for the CLI's help and error messages).
-    pub fn names() -> [&'static str; 6] {
+    pub fn names() -> [&'static str; 7] {
         Self::ALL.map(|w| w.name())
     }
 
@@ -102,10 +112,11 @@ impl Workload {
         Self::from_name(self.name()).map_or(self.params(), |w| w.params())
     }
 
-    /// Whether the vCPUs of a run cooperate (`unsync-race`: run it on 2+ vCPUs to get the race;
-    /// on one it degrades, see [`UnsyncRace`]). The others run independently on each vCPU.
+    /// Whether the vCPUs of a run cooperate (`unsync-race`, `relink-race`: run them on 2+ vCPUs
+    /// to get the race; on one they degrade, see [`UnsyncRace`] and [`RelinkRace`]). The others
+    /// run independently on each vCPU.
     pub fn multi_vcpu(&self) -> bool {
-        matches!(self, Workload::UnsyncRace(_))
+        matches!(self, Workload::UnsyncRace(_) | Workload::RelinkRace(_))
     }
 
     /// The same workload with other parameters.
@@ -117,6 +128,7 @@ impl Workload {
             Workload::MmapChurn(_) => MmapChurn { params }.into(),
             Workload::FaultStorm(_) => FaultStorm { params }.into(),
             Workload::ExitFloor(_) => ExitFloor { params }.into(),
+            Workload::RelinkRace(_) => RelinkRace { params }.into(),
         }
     }
 }

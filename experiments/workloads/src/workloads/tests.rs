@@ -63,7 +63,8 @@ fn names_round_trip() {
             "unsync-race",
             "mmap-churn",
             "fault-storm",
-            "exit-floor"
+            "exit-floor",
+            "relink-race"
         ]
     );
     for w in Workload::ALL {
@@ -162,6 +163,73 @@ fn unsync_race_multi_vcpu() {
     }
 }
 
+/// Rounds `1..=iters` of `relink-race` that link at a PDPT entry (`.0`) and that create a new
+/// address space (`.1`).
+fn relink_kinds(iters: u64) -> (u64, u64) {
+    (
+        (1..=iters).filter(|r| r % 3 == 1).count() as u64,
+        (1..=iters).filter(|r| r % 3 == 2).count() as u64,
+    )
+}
+
+#[test]
+fn relink_race_one_vcpu_checks_across_address_spaces() {
+    for mode in GOOD {
+        for (iters, size) in [(100, 4), (10, 40)] {
+            let [r] = run_ok(workload("relink-race", iters, size), 1, mode)[..] else {
+                panic!()
+            };
+            let (pdpt_links, new_roots) = relink_kinds(iters);
+            // Every page, both ends: "before" through the child root, "after" through A and
+            // through the child root.
+            assert_eq!(r.checks, 3 * 2 * size * iters);
+            // Setup: A's direct-map entry, A -> PDPT -> D0, the first child root's two entries;
+            // per round: a link and its unlink, a fill and an edit of every page; D1's entry
+            // each PDPT round (its table changes), two entries per new child root.
+            assert_eq!(
+                r.pte_writes,
+                5 + 2 * iters + 2 * size * iters + pdpt_links + 2 * new_roots
+            );
+            // Load A, then child root / A / child root / A each round, then the boot root.
+            assert_eq!(r.cr3_loads, 2 + 4 * iters);
+            // One flush per unlink; the edit's INVLPGs (a flush above 33 pages).
+            if size <= crate::tlb::FLUSH_CEILING as u64 {
+                assert_eq!((r.invlpgs, r.tlb_flushes), (size * iters, iters));
+            } else {
+                assert_eq!((r.invlpgs, r.tlb_flushes), (0, 2 * iters));
+            }
+            assert_eq!(r.latency.count, iters);
+        }
+    }
+}
+
+#[test]
+fn relink_race_multi_vcpu() {
+    const ITERS: u64 = 300;
+    let (pdpt_links, new_roots) = relink_kinds(ITERS);
+    for vcpus in [2, 3] {
+        for mode in GOOD {
+            let reports = run_ok(workload("relink-race", ITERS, 4), vcpus, mode);
+            let parent = &reports[0];
+            assert_eq!(parent.checks, 2 * 4 * ITERS);
+            assert_eq!(
+                parent.pte_writes,
+                5 + 2 * ITERS + 2 * 4 * ITERS + pdpt_links + 2 * new_roots
+            );
+            assert_eq!((parent.cr3_loads, parent.tlb_flushes), (2, ITERS));
+            assert_eq!(parent.invlpgs, 4 * ITERS);
+            for c in &reports[1..] {
+                // The racing reads (one word per page), then both ends after the shootdown.
+                assert_eq!((c.ops, c.checks, c.pte_writes), (ITERS, 3 * 4 * ITERS, 0));
+                // A CR3 load into each new root, else a flush for the unlink; INVLPG per page.
+                assert_eq!(c.cr3_loads, 2 + new_roots);
+                assert_eq!(c.tlb_flushes, ITERS - new_roots);
+                assert_eq!(c.invlpgs, 4 * ITERS);
+            }
+        }
+    }
+}
+
 #[test]
 fn mmap_churn_frees_and_reuses_frames() {
     for mode in GOOD {
@@ -245,7 +313,10 @@ fn every_workload_on_two_vcpus_and_merged_report() {
             total.latency.count,
             reports[0].latency.count + reports[1].latency.count
         );
-        assert_eq!(w.multi_vcpu(), w.name() == "unsync-race");
+        assert_eq!(
+            w.multi_vcpu(),
+            ["unsync-race", "relink-race"].contains(&w.name())
+        );
     }
 }
 
@@ -273,6 +344,8 @@ fn bad_params_are_errors() {
         ("mmap-churn", 513),
         ("fault-storm", 0),
         ("fault-storm", 4097),
+        ("relink-race", 0),
+        ("relink-race", 513),
     ] {
         let r = m.run(workload(name, 1, size), TlbMode::None).pop().unwrap();
         assert!(
@@ -333,6 +406,36 @@ fn stale_tlb_fails_unsync_race() {
     // One vCPU relies on the CR3 load, so it takes a CPU that ignores that too.
     let c = run_check_failed(workload("unsync-race", 50, 4), 1, TlbMode::IgnoreAll);
     assert!(c.what.starts_with("unsync-race"), "{c:?}");
+}
+
+#[test]
+fn stale_tlb_fails_relink_race() {
+    for vcpus in [2, 3] {
+        let m = Machine::new(64, vcpus);
+        let results = m.run(workload("relink-race", 200, 4), TlbMode::IgnoreInvalidation);
+        let failed: Vec<CheckFailed> = results
+            .iter()
+            .filter_map(|r| match r {
+                Err(WorkloadError::Check(c)) => Some(*c),
+                _ => None,
+            })
+            .collect();
+        assert!(!failed.is_empty(), "{results:?}");
+        for c in &failed {
+            assert!(c.what.starts_with("relink-race"), "{c:?}");
+            assert_ne!(c.expected, c.found);
+        }
+        // Every vCPU stopped: with its own failed check, or released by the one that failed.
+        for r in &results {
+            assert!(
+                matches!(r, Err(WorkloadError::Check(_) | WorkloadError::PeerFailed)),
+                "{results:?}"
+            );
+        }
+    }
+    // One vCPU relies on its CR3 loads, so it takes a CPU that ignores those too.
+    let c = run_check_failed(workload("relink-race", 50, 4), 1, TlbMode::IgnoreAll);
+    assert!(c.what.starts_with("relink-race"), "{c:?}");
 }
 
 #[test]
