@@ -253,3 +253,46 @@ fn aliased_tables_and_bad_roots() {
     assert_eq!(o.bad_cr3, 1, "{o}");
     assert!(o.shadow_hits > 0, "{o}");
 }
+
+/// Found by the fuzzer (crash-520535fe…, `cargo fuzz fmt` of it below, policy 33 = acquire-load,
+/// replayed here under all four). vCPU 1 links the direct map's PT (gfn 0, which its own entry
+/// 0 maps: the PT maps itself) under the PD and writes a reserved entry into PT[0] through the
+/// direct map, i.e. through the very page it edits: the leaf table goes unsync. Then a CR3
+/// load outside RAM is refused (`BadCr3`). The harness used to check every translation after
+/// it as after a flush and saw the unsync SPTE for `direct_map(0)` still mapping gpa 0 while
+/// the guest faults. The MMU was right: a refused CR3 load loads nothing and syncs nothing (on
+/// kvm it is a failed hypercall), so it is no invalidation; the harness no longer treats it as
+/// one. The guest's next real flush must show the reserved entry.
+#[test]
+fn refused_cr3_load_is_no_invalidation_but_the_next_flush_is() {
+    let mut ops = vec![
+        Op::Map {
+            cpu: true,
+            root: 217,
+            probe: 8,
+            tables: [29, 29, 29],
+            leaf: Pte {
+                target: Target::LastRam,
+                flags: 58263,
+            },
+        },
+        Op::LoadCr3 {
+            cpu: true,
+            root: Target::Raw(1916927),
+        },
+    ];
+    let input = Input {
+        seed: 5,
+        policy: 33,
+        pool: 217,
+        ops: ops.clone(),
+    };
+    let o = harness::run(&input).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(o.bad_cr3, 1, "{o}");
+    assert!(o.unsyncs > 0, "{o}");
+    // The same with a flush after the refused load: the direct map's first page now faults
+    // with a reserved bit on vCPU 1 (the harness checks it against the guest's walk).
+    ops.push(Op::Flush { cpu: true });
+    let o = run_all(ops);
+    assert!(o.reserved_faults > 0, "{o}");
+}

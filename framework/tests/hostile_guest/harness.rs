@@ -710,7 +710,9 @@ impl<'vm, P: SyncPolicy> Harness<'vm, P> {
                 let cpu = cpu_index(cpu);
                 let cr3 = self.target_addr(root) & pte::ADDR_MASK;
                 match self.cpus[cpu].try_load_cr3(cr3) {
-                    Ok(()) => {}
+                    Ok(()) => self.check_all(cpu)?,
+                    // Refused (on kvm a failed hypercall): the vCPU stays on its old root and
+                    // nothing was synced, so this is no invalidation and nothing is checked.
                     Err(SimFault::Mmu(MmuError::BadCr3(_)))
                         if self.vm.mem().gpa_to_mpa(cr3).is_none() =>
                     {
@@ -718,7 +720,6 @@ impl<'vm, P: SyncPolicy> Harness<'vm, P> {
                     }
                     Err(fault) => return Err(self.vmm("CR3 load", fault)),
                 }
-                self.check_all(cpu)?;
             }
             Op::ZapAll => {
                 self.vm.mmu().kvm_mmu_zap_all();
