@@ -28,12 +28,12 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 
+use shadowlab_abi::layout::{direct_map, pte, MONITOR_SLOT, PAGE_SIZE};
 use shadowlab_framework::mem::MONITOR_FRAMES;
 use shadowlab_framework::mmu::spte::{ACC_USER, ACC_WRITE};
 use shadowlab_framework::mmu::{check_translation, MmuError, ShadowMiss};
 use shadowlab_framework::sim::{SimConfig, SimCpu, SimError, SimFault, SimVm};
 use shadowlab_policies::{AcquireLoad, AlwaysLock, RmbFence, SeqCstFence, SyncPolicy};
-use shadowlab_workloads::layout::{direct_map, pte, MONITOR_SLOT, PAGE_SIZE};
 use shadowlab_workloads::Cpu;
 
 /// Guest RAM: 256 frames, so that boot tables are one PT, PD, PDPT and a PML4 per vCPU.

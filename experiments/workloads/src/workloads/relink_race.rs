@@ -7,12 +7,12 @@ use super::{check_page, require, stamp, Run};
 use crate::cpu::{CheckFailed, Cpu};
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
-use crate::layout::{pt_index, PAGE_SIZE, PT_ENTRIES, WORKLOAD_BASE};
 use crate::paging::{write_entry, Flags, PageTables, TABLE_FLAGS};
 use crate::report::{Counted, Params, Report};
 use crate::rng::{pattern, Rng};
 use crate::sync::{abort_peers, shared_word, spin_until_at_least, word, Barrier};
 use crate::tlb::TlbGather;
+use shadowlab_abi::layout::{pt_index, PAGE_SIZE, PT_ENTRIES, WORKLOAD_BASE};
 
 /// Leaf tables the parent cycles through (table `round % TABLES` in round `round`).
 const TABLES: u64 = 4;
