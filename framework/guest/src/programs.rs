@@ -78,8 +78,8 @@ fn run_workload(cpu: &mut GuestCpu, info: &BootInfo, index: usize) -> ! {
         ),
     };
     // The block (15 KiB, most of it the histogram's 1920 buckets) sits beside the Report in
-    // this frame: ~32 KiB with the workloads inlined, measured with objdump, of the 64 KiB
-    // vCPU stack (kvm::layout::STACK_SIZE; an overflow hits the guard page below it).
+    // this frame, with the workloads inlined; the vCPU stack is 256 KiB
+    // (kvm::layout::STACK_SIZE; an overflow hits the guard page below it).
     let mut block = [0u64; report_words::TOTAL];
     block[report_words::VCPU] = r.vcpu as u64;
     block[report_words::OPS] = r.ops;

@@ -37,5 +37,8 @@ pub const MAX_RAM: u64 = 2 << 30;
 /// Default guest RAM.
 pub const DEFAULT_RAM: u64 = 64 << 20;
 
-/// Stack of each vCPU (below it, one unmapped guard page).
-pub const STACK_SIZE: u64 = 64 << 10;
+/// Stack of each vCPU (below it, one unmapped guard page). The guest's frame for a workload
+/// holds its `Report` and the report block (15 KiB each, mostly the latency histogram's
+/// buckets) plus whatever the inlined workloads keep (the race workloads hold a report per
+/// role): 64 KiB overflowed once `relink-race` was added, so there is room to spare.
+pub const STACK_SIZE: u64 = 256 << 10;
