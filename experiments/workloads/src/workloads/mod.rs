@@ -136,7 +136,7 @@ impl<W: Spec> Run for W {
             "iters",
             p.iters,
             1..=(MAX_RUN_WORK / per_iter).max(1),
-            "iterations: a run is capped at 10^9 page-level operations (MAX_RUN_WORK)",
+            "iterations; a run is capped at 10^9 page-level operations, MAX_RUN_WORK",
         )
     }
 
