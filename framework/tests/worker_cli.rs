@@ -223,19 +223,172 @@ fn kvm_and_native_backends_run_workloads_with_kvm_stats_beside_ours() {
     }
 }
 
+/// Runs the worker with `args`, which must be refused before any VM is built: exit 2, one line
+/// on stderr containing every one of `needles`, nothing on stdout.
+fn refused(args: &[&str], needles: &[&str]) {
+    let out = worker(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    assert!(stderr.starts_with("shadowlab-vmm: "), "{args:?}: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{args:?}: no '{n}' in: {stderr}");
+    }
+    assert!(out.stdout.is_empty(), "{args:?}: no JSON result");
+}
+
+// The checks below run before /dev/kvm is opened, so they need no KVM: each is the same
+// one-line refusal on every backend.
+const BACKENDS: [&str; 3] = ["sim", "kvm", "native"];
+
 #[test]
 fn a_ram_size_kvm_cannot_lay_out_is_a_one_line_error() {
-    require_kvm!("a_ram_size_kvm_cannot_lay_out_is_a_one_line_error");
+    // Odd MiB (2 MiB units), above the 2 GiB the layout reaches, and fine on sim.
+    for ram in ["63", "4096"] {
+        for backend in ["kvm", "native"] {
+            refused(
+                &[
+                    "--backend",
+                    backend,
+                    "--workload",
+                    "exit-floor",
+                    "--ram-mib",
+                    ram,
+                ],
+                &[&format!("--ram-mib {ram}"), "multiple of 2 in 4..=2048"],
+            );
+        }
+    }
     let out = worker(&[
-        "--backend",
-        "kvm",
         "--workload",
         "exit-floor",
+        "--iters",
+        "10",
         "--ram-mib",
         "63",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("multiple of 2"), "{stderr}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_workload_size_out_of_range_is_refused_before_boot() {
+    for backend in BACKENDS {
+        refused(
+            &[
+                "--backend",
+                backend,
+                "--workload",
+                "pt-churn",
+                "--size",
+                "100000",
+            ],
+            &["--size 100000", "1..=4096", "pt-churn"],
+        );
+        // Per vCPU count: 3 vCPUs share one page table's 512 slots.
+        refused(
+            &[
+                "--backend",
+                backend,
+                "--workload",
+                "unsync-race",
+                "--vcpus",
+                "3",
+                "--size",
+                "200",
+            ],
+            &["--size 200", "1..=170", "unsync-race"],
+        );
+    }
+}
+
+#[test]
+fn iters_beyond_the_run_length_bound_are_refused_before_boot() {
+    for backend in BACKENDS {
+        refused(
+            &[
+                "--backend",
+                backend,
+                "--workload",
+                "exit-floor",
+                "--iters",
+                "18446744073709551615",
+            ],
+            &[
+                "--iters 18446744073709551615",
+                "1..=1000000000",
+                "exit-floor",
+            ],
+        );
+        // The bound follows the work of one iteration: 4 units per page for pt-churn.
+        refused(
+            &[
+                "--backend",
+                backend,
+                "--workload",
+                "pt-churn",
+                "--size",
+                "1000",
+                "--iters",
+                "250001",
+            ],
+            &["--iters 250001", "1..=250000"],
+        );
+    }
+}
+
+#[test]
+fn a_workload_that_needs_more_frames_than_the_ram_leaves_is_refused_before_boot() {
+    // pt-churn --size 4096 needs two frames per page and its tables: 8203 frames per vCPU.
+    for backend in BACKENDS {
+        refused(
+            &[
+                "--backend",
+                backend,
+                "--workload",
+                "pt-churn",
+                "--size",
+                "4096",
+                "--ram-mib",
+                "16",
+            ],
+            &["--size 4096", "needs 8203", "--ram-mib 16"],
+        );
+        // relink-race's parent needs 8 frames per page; 8 vCPUs split 32 MiB eight ways.
+        refused(
+            &[
+                "--backend",
+                backend,
+                "--workload",
+                "relink-race",
+                "--size",
+                "512",
+                "--vcpus",
+                "8",
+                "--ram-mib",
+                "32",
+            ],
+            &["--size 512", "needs 4106", "--vcpus 8"],
+        );
+    }
+    // With the RAM it needs, the same size runs and passes.
+    let out = worker(&[
+        "--workload",
+        "pt-churn",
+        "--size",
+        "4096",
+        "--ram-mib",
+        "34",
+        "--iters",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["verdict"], "pass");
 }

@@ -77,10 +77,26 @@ pub enum WorkloadError {
     PageTable(PtError),
     /// The guest's own page tables do not translate an address the workload relies on.
     Walk(WalkFault),
-    /// The parameters are out of range for this workload (or this vCPU count).
+    /// The parameters do not fit the run (a vCPU id outside the run's vCPUs).
     BadParams {
         /// Which parameter and why.
         what: &'static str,
+    },
+    /// A parameter is outside the range this workload accepts with these parameters and this
+    /// vCPU count (see [`crate::workloads::Spec::check`]).
+    OutOfRange {
+        /// The workload's name.
+        workload: &'static str,
+        /// The parameter (`"size"`, `"iters"`).
+        param: &'static str,
+        /// The value given.
+        value: u64,
+        /// Smallest value accepted.
+        min: u64,
+        /// Largest value accepted.
+        max: u64,
+        /// What the parameter counts and why the bound is what it is.
+        note: &'static str,
     },
     /// Another vCPU of the run failed (and said so on the shared page) while this one waited
     /// for it.
@@ -103,6 +119,17 @@ impl fmt::Display for WorkloadError {
             WorkloadError::PageTable(e) => write!(f, "page-table operation failed: {e}"),
             WorkloadError::Walk(w) => write!(f, "guest page-table walk failed: {w:?}"),
             WorkloadError::BadParams { what } => write!(f, "bad parameters: {what}"),
+            WorkloadError::OutOfRange {
+                workload,
+                param,
+                value,
+                min,
+                max,
+                note,
+            } => write!(
+                f,
+                "{workload}: {param} {value} is out of range {min}..={max} ({note})"
+            ),
             WorkloadError::PeerFailed => write!(f, "another vCPU of the run failed"),
             WorkloadError::Timeout { what } => write!(f, "timed out waiting for {what}"),
         }

@@ -41,4 +41,4 @@ pub use paging::{Flags, PageTables};
 pub use report::{Params, Report};
 pub use tlb::TlbGather;
 pub use walk::{walk, Access, FaultKind, PhysRead, Translation, WalkFault};
-pub use workloads::{Run, Workload};
+pub use workloads::{Run, Spec, Workload, MAX_RUN_WORK};

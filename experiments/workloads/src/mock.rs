@@ -92,6 +92,18 @@ impl Machine {
         Box::new(m)
     }
 
+    /// The same machine with every vCPU's free frames cut to the first `frames` of its range.
+    pub fn with_free_frames(mut self: Box<Self>, frames: u64) -> Box<Machine> {
+        for r in &mut self.free {
+            assert!(
+                r.end - r.start >= frames * PAGE_SIZE,
+                "RAM too small for {frames}"
+            );
+            r.end = r.start + frames * PAGE_SIZE;
+        }
+        self
+    }
+
     fn set(&self, gpa: u64, v: u64) {
         self.ram[(gpa / 8) as usize].store(v, Ordering::Relaxed);
     }

@@ -2,8 +2,9 @@
 //! as a subprocess and reads its JSON result from stdout.
 //!
 //! Exit codes: 0 the run passed; 3 the run finished but failed its checks (the JSON result is
-//! still printed, with `verdict: fail` and the guest's message); 2 bad arguments; 1 the VM could
-//! not be set up. Errors are one line on stderr.
+//! still printed, with `verdict: fail` and the guest's message); 2 bad arguments (every parameter
+//! is checked before a VM is built: workload ranges, `--iters`, `--ram-mib`, frames per vCPU); 1
+//! the VM could not be set up. Errors are one line on stderr.
 
 use std::process::ExitCode;
 

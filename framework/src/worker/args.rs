@@ -41,7 +41,9 @@ pub struct WorkerArgs {
     /// vCPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub vcpus: u32,
-    /// Iterations of the workload's main loop (0: the workload's default).
+    /// Iterations of the workload's main loop (0: the workload's default). At most 10^9
+    /// page-level operations per run (shadowlab_workloads::MAX_RUN_WORK): the
+    /// bound is `10^9 / work per iteration`, checked before the guest boots.
     #[arg(long, default_value_t = 0)]
     pub iters: u64,
     /// The workload's size knob (0: the workload's default).

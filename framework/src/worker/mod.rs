@@ -9,11 +9,12 @@ mod args;
 mod result;
 mod run_kvm;
 mod run_sim;
+mod validate;
 
 pub use args::{Backend, HostCoherenceArg, WorkerArgs};
 pub use result::{LatencySummary, PolicyRecord, VcpuResult, Verdict, WorkerResult};
 
-use shadowlab_workloads::{Params, Workload};
+use shadowlab_workloads::{Params, Workload, WorkloadError};
 
 use crate::BUILD_POLICY;
 
@@ -27,6 +28,55 @@ pub enum WorkerError {
     /// The build's policy is the unsound control and `--allow-unsound` was not given.
     #[error("this shadowlab-vmm was built with the UNSOUND negative-control policy '{0}'; pass --allow-unsound to run it")]
     UnsoundRefused(&'static str),
+    /// A workload parameter is outside the range the workload accepts (checked before boot).
+    #[error("--{param} {value} is out of range {min}..={max} for {workload} ({note})")]
+    OutOfRange {
+        /// The workload.
+        workload: &'static str,
+        /// The parameter's name (`iters`, `size`).
+        param: &'static str,
+        /// The value given.
+        value: u64,
+        /// Smallest value accepted.
+        min: u64,
+        /// Largest value accepted.
+        max: u64,
+        /// What the parameter counts and why the bound is what it is.
+        note: &'static str,
+    },
+    /// The workload refuses the parameters for another reason.
+    #[error("{0}")]
+    Workload(WorkloadError),
+    /// `--ram-mib` that the kvm/native layout cannot hold.
+    #[error("--ram-mib {ram_mib} is out of range for --backend {backend}: a multiple of 2 in {min}..={max} (guest RAM must lie below 2 GiB: ucall addresses are 32-bit, and the MMIO hypercall window sits at 3 GiB)")]
+    RamSize {
+        /// Which backend (its CLI name).
+        backend: &'static str,
+        /// The value given.
+        ram_mib: u64,
+        /// Smallest accepted, MiB.
+        min: u64,
+        /// Largest accepted, MiB.
+        max: u64,
+    },
+    /// The workload needs more guest frames per vCPU than the RAM leaves each vCPU.
+    #[error("{workload} --size {size} needs {need} free guest frames per vCPU, but --ram-mib {ram_mib} with --vcpus {vcpus} leaves {have} per vCPU on --backend {backend} (raise --ram-mib, or lower --size or --vcpus)")]
+    Frames {
+        /// The workload.
+        workload: &'static str,
+        /// Its size.
+        size: u64,
+        /// Frames it allocates per vCPU at most.
+        need: u64,
+        /// Frames the boot layout leaves the vCPU with the fewest.
+        have: u64,
+        /// Which backend (its CLI name).
+        backend: &'static str,
+        /// Guest RAM, MiB.
+        ram_mib: u64,
+        /// vCPUs.
+        vcpus: u32,
+    },
     /// The backend could not set the VM up (bad sizes, no /dev/kvm, ...).
     #[error("{backend:?} backend: {message}")]
     Backend {
@@ -41,7 +91,12 @@ impl WorkerError {
     /// The process exit code: 2 for bad input, 1 for an environment that cannot run it.
     pub fn exit_code(&self) -> u8 {
         match self {
-            WorkerError::UnknownWorkload(_) | WorkerError::UnsoundRefused(_) => 2,
+            WorkerError::UnknownWorkload(_)
+            | WorkerError::UnsoundRefused(_)
+            | WorkerError::OutOfRange { .. }
+            | WorkerError::Workload(_)
+            | WorkerError::RamSize { .. }
+            | WorkerError::Frames { .. } => 2,
             WorkerError::Backend { .. } => 1,
         }
     }
@@ -66,6 +121,7 @@ pub fn run(args: &WorkerArgs) -> Result<WorkerResult, WorkerError> {
         return Err(WorkerError::UnsoundRefused(BUILD_POLICY.name));
     }
     let workload = workload_from_args(args)?;
+    validate::validate(args, &workload)?;
     match args.backend {
         Backend::Sim => run_sim::run(args, &workload),
         Backend::Kvm | Backend::Native => run_kvm::run(args, &workload),

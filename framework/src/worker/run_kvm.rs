@@ -20,12 +20,6 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
     if let Some(reason) = crate::kvm::kvm_unavailable_reason() {
         return Err(setup(format!("/dev/kvm not available: {reason}")));
     }
-    if args.ram_mib % 2 != 0 {
-        return Err(setup(format!(
-            "--ram-mib {} must be a multiple of 2 (guest RAM is laid out in 2 MiB units)",
-            args.ram_mib
-        )));
-    }
     let config = RunConfig {
         nr_vcpus: args.vcpus as usize,
         ram_size: args.ram_mib << 20,

@@ -1,6 +1,6 @@
 //! `cr3-switch`: many cached roots, no page-table writes; the lockless `is_unsync_root` path.
 
-use super::{check_page, require, Run};
+use super::{check_page, in_range, table_frames, OpTimer, Spec};
 use crate::cpu::Cpu;
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
@@ -32,38 +32,34 @@ pub struct Cr3Switch {
     pub params: Params,
 }
 
-impl Cr3Switch {
-    /// Default parameters.
-    pub const DEFAULT: Params = Params {
+impl Spec for Cr3Switch {
+    const NAME: &'static str = "cr3-switch";
+    const DEFAULT: Params = Params {
         iters: 10_000,
         seed: 1,
         size: 8,
     };
-}
-
-impl Run for Cr3Switch {
-    fn name(&self) -> &'static str {
-        "cr3-switch"
-    }
 
     fn params(&self) -> Params {
         self.params
     }
 
-    fn expected_ops(&self) -> u64 {
-        self.params.iters
+    fn check(p: Params, _nr_vcpus: usize) -> Result<(), WorkloadError> {
+        in_range(Self::NAME, "size", p.size, 2..=MAX_ROOTS as u64, "roots")
     }
 
-    fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+    /// Each root: its PML4, the PDPT, PD and PT of its one page, and the page's frame.
+    fn frames_needed(p: Params, _nr_vcpus: usize) -> u64 {
+        p.size * (1 + table_frames(1) + 1)
+    }
+
+    fn body<C: Cpu>(
+        &self,
+        cpu: &mut Counted<'_, C>,
+        report: &mut Report,
+    ) -> Result<(), WorkloadError> {
         let p = self.params;
-        require(
-            (2..=MAX_ROOTS as u64).contains(&p.size),
-            "cr3-switch: size (roots) must be 2..=64",
-        )?;
         let n = p.size as usize;
-        let mut cpu = Counted::new(cpu);
-        let cpu = &mut cpu;
-        let mut report = Report::default();
         let mut frames = FrameAlloc::for_cpu(cpu);
         let boot = cpu.boot_root();
 
@@ -81,30 +77,20 @@ impl Run for Cr3Switch {
         // Visit every root once so the VMM has a shadow root for each before timing starts.
         for &(root, value) in &roots[..n] {
             cpu.load_cr3(root);
-            check_page(cpu, &mut report, "cr3-switch warm-up read", VA, value)?;
+            check_page(cpu, report, "cr3-switch warm-up read", VA, value)?;
         }
 
         let mut rng = Rng::new(p.seed);
         let mut cur = n - 1;
-        let mut t = cpu.timestamp();
+        let mut timer = OpTimer::start(cpu);
         for _ in 0..p.iters {
             cur = (cur + 1 + rng.below(n as u64 - 1) as usize) % n;
             let (root, value) = roots[cur];
             cpu.load_cr3(root);
-            check_page(
-                cpu,
-                &mut report,
-                "cr3-switch read after CR3 load",
-                VA,
-                value,
-            )?;
-            let now = cpu.timestamp();
-            report.latency.record(now.wrapping_sub(t));
-            t = now;
-            report.ops += 1;
+            check_page(cpu, report, "cr3-switch read after CR3 load", VA, value)?;
+            timer.lap(cpu, report);
         }
         cpu.load_cr3(boot);
-        cpu.fill(&mut report);
-        Ok(report)
+        Ok(())
     }
 }

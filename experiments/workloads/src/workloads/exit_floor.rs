@@ -1,7 +1,7 @@
 //! `exit-floor`: a no-op hypercall in a loop; the backend's round-trip floor.
 
-use super::{check_word, Run};
-use crate::cpu::{CheckFailed, Cpu};
+use super::{check_word, OpTimer, Spec};
+use crate::cpu::Cpu;
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
 use crate::report::{Counted, Params, Report};
@@ -22,69 +22,62 @@ pub struct ExitFloor {
     pub params: Params,
 }
 
-impl ExitFloor {
-    /// Default parameters.
-    pub const DEFAULT: Params = Params {
+impl Spec for ExitFloor {
+    const NAME: &'static str = "exit-floor";
+    const DEFAULT: Params = Params {
         iters: 100_000,
         seed: 1,
         size: 0,
     };
-}
-
-impl Run for ExitFloor {
-    fn name(&self) -> &'static str {
-        "exit-floor"
-    }
 
     fn params(&self) -> Params {
         self.params
     }
 
-    fn expected_ops(&self) -> u64 {
-        self.params.iters
+    /// Any `size`: a batch longer than `iters` is one batch.
+    fn check(_p: Params, _nr_vcpus: usize) -> Result<(), WorkloadError> {
+        Ok(())
     }
 
-    fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+    /// The stamped word's frame.
+    fn frames_needed(_p: Params, _nr_vcpus: usize) -> u64 {
+        1
+    }
+
+    fn body<C: Cpu>(
+        &self,
+        cpu: &mut Counted<'_, C>,
+        report: &mut Report,
+    ) -> Result<(), WorkloadError> {
         let p = self.params;
-        let mut cpu = Counted::new(cpu);
-        let cpu = &mut cpu;
-        let mut report = Report::default();
         let mut frames = FrameAlloc::for_cpu(cpu);
         let frame = frames.alloc(cpu)?;
         let value = pattern(p.seed, frame, 0);
         cpu.write_u64(direct_map(frame), value);
 
         let stride = p.size.max(1);
-        let mut t = cpu.timestamp();
+        let mut timer = OpTimer::start(cpu);
         let mut done = 0;
         while done < p.iters {
             let batch = stride.min(p.iters - done);
             for _ in 0..batch {
                 cpu.hypercall_nop();
             }
-            let now = cpu.timestamp();
-            if now < t {
-                return Err(CheckFailed {
-                    what: "exit-floor: timestamp went backwards across a hypercall",
-                    gva: 0,
-                    expected: t,
-                    found: now,
-                }
-                .into());
-            }
-            report.latency.record((now - t) / batch);
-            t = now;
+            timer.lap_batch(
+                cpu,
+                report,
+                batch,
+                "exit-floor: timestamp went backwards across a hypercall",
+            )?;
             done += batch;
-            report.ops += batch;
         }
         check_word(
             cpu,
-            &mut report,
+            report,
             "exit-floor: guest memory after the hypercalls",
             direct_map(frame),
             value,
         )?;
-        cpu.fill(&mut report);
-        Ok(report)
+        Ok(())
     }
 }

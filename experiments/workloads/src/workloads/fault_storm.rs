@@ -1,7 +1,7 @@
 //! `fault-storm`: first touches of many freshly mapped pages; the fault path.
 
-use super::{check_page, check_word, require, stamp, Run};
-use crate::cpu::Cpu;
+use super::{check_page, check_word, in_range, stamp, table_frames, OpTimer, Spec};
+use crate::cpu::{CheckFailed, Cpu};
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
 use crate::paging::{Flags, PageTables};
@@ -30,38 +30,43 @@ pub struct FaultStorm {
     pub params: Params,
 }
 
-impl FaultStorm {
-    /// Default parameters.
-    pub const DEFAULT: Params = Params {
+impl Spec for FaultStorm {
+    const NAME: &'static str = "fault-storm";
+    const DEFAULT: Params = Params {
         iters: 100,
         seed: 1,
         size: 256,
     };
-}
-
-impl Run for FaultStorm {
-    fn name(&self) -> &'static str {
-        "fault-storm"
-    }
 
     fn params(&self) -> Params {
         self.params
     }
 
-    fn expected_ops(&self) -> u64 {
-        self.params.iters.saturating_mul(self.params.size)
+    fn expected_ops(p: Params) -> u64 {
+        p.iters.saturating_mul(p.size)
     }
 
-    fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+    fn check(p: Params, _nr_vcpus: usize) -> Result<(), WorkloadError> {
+        in_range(Self::NAME, "size", p.size, 1..=MAX_PAGES, "pages")
+    }
+
+    /// Per page a map, a touch and an unmap.
+    fn work_per_iter(p: Params, _nr_vcpus: usize) -> u64 {
+        3 * p.size
+    }
+
+    /// The root, the tables of `size` pages, two frames per page.
+    fn frames_needed(p: Params, _nr_vcpus: usize) -> u64 {
+        1 + table_frames(p.size) + 2 * p.size
+    }
+
+    fn body<C: Cpu>(
+        &self,
+        cpu: &mut Counted<'_, C>,
+        report: &mut Report,
+    ) -> Result<(), WorkloadError> {
         let p = self.params;
-        require(
-            (1..=MAX_PAGES).contains(&p.size),
-            "fault-storm: size (pages) must be 1..=4096",
-        )?;
         let n = p.size;
-        let mut cpu = Counted::new(cpu);
-        let cpu = &mut cpu;
-        let mut report = Report::default();
         let mut frames = FrameAlloc::for_cpu(cpu);
         let boot = cpu.boot_root();
         let va = |i: u64| WORKLOAD_BASE + i * PAGE_SIZE;
@@ -81,13 +86,13 @@ impl Run for FaultStorm {
             for i in 0..n {
                 let f = frame(i, par);
                 let want = pattern(p.seed, f, round);
+                // Each touch is timed alone: the op is the first touch, not the checks.
                 if rng.next_u64() & 1 == 0 {
-                    let t0 = cpu.timestamp();
+                    let mut timer = OpTimer::start(cpu);
                     let found = cpu.read_u64(va(i));
-                    let t1 = cpu.timestamp();
-                    report.latency.record(t1.wrapping_sub(t0));
+                    timer.lap(cpu, report);
                     if found != want {
-                        return Err(crate::cpu::CheckFailed {
+                        return Err(CheckFailed {
                             what: "fault-storm first-touch read",
                             gva: va(i),
                             expected: want,
@@ -98,26 +103,24 @@ impl Run for FaultStorm {
                     report.checks += 1;
                     check_page(
                         cpu,
-                        &mut report,
+                        report,
                         "fault-storm read after first touch",
                         va(i),
                         want,
                     )?;
                 } else {
                     let value = want ^ round.rotate_left(17) ^ i;
-                    let t0 = cpu.timestamp();
+                    let mut timer = OpTimer::start(cpu);
                     cpu.write_u64(va(i) + 8, value);
-                    let t1 = cpu.timestamp();
-                    report.latency.record(t1.wrapping_sub(t0));
+                    timer.lap(cpu, report);
                     check_word(
                         cpu,
-                        &mut report,
+                        report,
                         "fault-storm first-touch store lands in the frame",
                         direct_map(f + 8),
                         value,
                     )?;
                 }
-                report.ops += 1;
             }
             for i in 0..n {
                 pt.unmap(cpu, va(i), &mut tlb)?;
@@ -126,7 +129,6 @@ impl Run for FaultStorm {
         }
         report.pte_writes = pt.pte_writes();
         cpu.load_cr3(boot);
-        cpu.fill(&mut report);
-        Ok(report)
+        Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! `mmap-churn`: map and unmap with new table pages each time; shadow page creation and zap.
 
-use super::{check_page, require, stamp, Run};
+use super::{check_page, in_range, stamp, table_frames, OpTimer, Spec};
 use crate::cpu::Cpu;
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
@@ -32,38 +32,46 @@ pub struct MmapChurn {
     pub params: Params,
 }
 
-impl MmapChurn {
-    /// Default parameters.
-    pub const DEFAULT: Params = Params {
+impl Spec for MmapChurn {
+    const NAME: &'static str = "mmap-churn";
+    const DEFAULT: Params = Params {
         iters: 1_000,
         seed: 1,
         size: 16,
     };
-}
-
-impl Run for MmapChurn {
-    fn name(&self) -> &'static str {
-        "mmap-churn"
-    }
 
     fn params(&self) -> Params {
         self.params
     }
 
-    fn expected_ops(&self) -> u64 {
-        self.params.iters
+    fn check(p: Params, _nr_vcpus: usize) -> Result<(), WorkloadError> {
+        in_range(
+            Self::NAME,
+            "size",
+            p.size,
+            1..=PT_ENTRIES as u64,
+            "pages, all in one page table",
+        )
     }
 
-    fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+    /// Per page a map, a read and an unmap; the tables' links and the flush.
+    fn work_per_iter(p: Params, _nr_vcpus: usize) -> u64 {
+        3 * p.size + 4
+    }
+
+    /// The root and the region's tables, and the `size` data frames; everything but the root
+    /// and the PDPT is freed at the end of each iteration and reused by the next.
+    fn frames_needed(p: Params, _nr_vcpus: usize) -> u64 {
+        1 + table_frames(p.size) + p.size
+    }
+
+    fn body<C: Cpu>(
+        &self,
+        cpu: &mut Counted<'_, C>,
+        report: &mut Report,
+    ) -> Result<(), WorkloadError> {
         let p = self.params;
-        require(
-            (1..=PT_ENTRIES as u64).contains(&p.size),
-            "mmap-churn: size (pages) must be 1..=512",
-        )?;
         let n = p.size;
-        let mut cpu = Counted::new(cpu);
-        let cpu = &mut cpu;
-        let mut report = Report::default();
         let mut frames = FrameAlloc::for_cpu(cpu);
         let boot = cpu.boot_root();
         let mut pt = PageTables::new_root(cpu, &mut frames, boot, &[])?;
@@ -71,7 +79,7 @@ impl Run for MmapChurn {
 
         let mut rng = Rng::new(p.seed);
         let mut tlb = TlbGather::new();
-        let mut t = cpu.timestamp();
+        let mut timer = OpTimer::start(cpu);
         for it in 0..p.iters {
             let base = WORKLOAD_BASE + rng.below(REGIONS) * GIB;
             for i in 0..n {
@@ -85,7 +93,7 @@ impl Run for MmapChurn {
                 let f = read_entry(cpu, table + 8 * i) & pte::ADDR_MASK;
                 check_page(
                     cpu,
-                    &mut report,
+                    report,
                     "mmap-churn read of a new mapping",
                     base + i * PAGE_SIZE,
                     pattern(p.seed, f, it),
@@ -97,14 +105,10 @@ impl Run for MmapChurn {
             }
             pt.free_tables(cpu, &mut frames, base, base + GIB, &mut tlb)?;
             tlb.finish(cpu, &mut frames)?;
-            let now = cpu.timestamp();
-            report.latency.record(now.wrapping_sub(t));
-            t = now;
-            report.ops += 1;
+            timer.lap(cpu, report);
         }
         report.pte_writes = pt.pte_writes();
         cpu.load_cr3(boot);
-        cpu.fill(&mut report);
-        Ok(report)
+        Ok(())
     }
 }

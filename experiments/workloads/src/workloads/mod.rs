@@ -17,8 +17,9 @@ use enum_dispatch::enum_dispatch;
 
 use crate::cpu::{CheckFailed, Cpu};
 use crate::error::WorkloadError;
-use crate::report::{Params, Report};
-use shadowlab_abi::layout::{direct_map, PAGE_SIZE};
+use crate::report::{Counted, Params, Report};
+use core::ops::RangeInclusive;
+use shadowlab_abi::layout::{direct_map, PAGE_SIZE, PT_ENTRIES};
 
 mod cr3_switch;
 mod exit_floor;
@@ -36,7 +37,8 @@ pub use pt_churn::PtChurn;
 pub use relink_race::RelinkRace;
 pub use unsync_race::UnsyncRace;
 
-/// What every workload does.
+/// What every workload does. Implemented once, for every [`Spec`], by the blanket impl below;
+/// [`Workload`] dispatches it to the workload it holds.
 #[enum_dispatch]
 pub trait Run {
     /// The workload's CLI name (`"pt-churn"`).
@@ -45,8 +47,186 @@ pub trait Run {
     fn params(&self) -> Params;
     /// The `ops` a successful run reports on each vCPU, as the parameters imply.
     fn expected_ops(&self) -> u64;
+    /// Checks every parameter against what the workload accepts on `nr_vcpus` vCPUs: the size
+    /// range ([`Spec::check`]) and the run-length bound on `iters` ([`MAX_RUN_WORK`]). [`Run::run`]
+    /// does this first on every vCPU; a VMM calls it before it boots a guest.
+    fn validate(&self, nr_vcpus: usize) -> Result<(), WorkloadError>;
+    /// At most how many frames of its `free_frames()` any one vCPU allocates at once
+    /// ([`Spec::frames_needed`]); meaningful once [`Run::validate`] has passed.
+    fn frames_needed(&self, nr_vcpus: usize) -> u64;
     /// Runs it on one vCPU; every vCPU of the run calls this. Leaves the vCPU on its boot root.
     fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError>;
+}
+
+/// Most page-level operations (CR3 loads, PTE writes, invalidations, touches, hypercalls) one
+/// run may do per vCPU, as [`Spec::work_per_iter`] counts them: `iters` is capped at
+/// `MAX_RUN_WORK / work_per_iter`. On the slowest backend measured (`kvm` on a nested host,
+/// ~100 µs per exit) a run where every one of them exits ends within about a day; on `sim`
+/// (~0.1-1 µs each) within minutes. A run can therefore not silently take days, nor overflow
+/// the op counters (`iters = u64::MAX` is an error, not a run until the watchdog).
+pub const MAX_RUN_WORK: u64 = 1_000_000_000;
+
+/// One workload: what it is called, its defaults, what it accepts and how much it needs, and
+/// its measured body. `impl<W: Spec> Run for W` turns this into a [`Run`]: the prologue
+/// (validation, the [`Counted`] wrapper, an empty [`Report`]) and the epilogue (filling in the
+/// counted MMU operations) are written there once.
+pub trait Spec {
+    /// The CLI name (`"pt-churn"`).
+    const NAME: &'static str;
+    /// The default parameters.
+    const DEFAULT: Params;
+
+    /// This instance's parameters.
+    fn params(&self) -> Params;
+
+    /// The `ops` a successful run reports on each vCPU. One op per iteration unless the
+    /// workload says otherwise.
+    fn expected_ops(p: Params) -> u64 {
+        p.iters
+    }
+
+    /// Checks the workload's own parameters (`size`, per vCPU count where it matters);
+    /// `iters` is bounded by [`Run::validate`] through [`Spec::work_per_iter`].
+    fn check(p: Params, nr_vcpus: usize) -> Result<(), WorkloadError>;
+
+    /// Page-level operations one iteration does on the busiest vCPU, roughly (an upper bound
+    /// within a small factor), for the [`MAX_RUN_WORK`] bound. Called after [`Spec::check`].
+    fn work_per_iter(_p: Params, _nr_vcpus: usize) -> u64 {
+        1
+    }
+
+    /// At most how many frames any one vCPU allocates from its `free_frames()` at once (data
+    /// frames, page-table pages, roots), counting frames freed and reused once. Called after
+    /// [`Spec::check`]; the workload tests run every workload with exactly this many.
+    fn frames_needed(p: Params, nr_vcpus: usize) -> u64;
+
+    /// The workload on one vCPU, after validation: fills `report` (ops, checks, PTE writes,
+    /// latency); the blanket [`Run::run`] adds the counted MMU operations.
+    fn body<C: Cpu>(
+        &self,
+        cpu: &mut Counted<'_, C>,
+        report: &mut Report,
+    ) -> Result<(), WorkloadError>;
+}
+
+impl<W: Spec> Run for W {
+    fn name(&self) -> &'static str {
+        W::NAME
+    }
+
+    fn params(&self) -> Params {
+        Spec::params(self)
+    }
+
+    fn expected_ops(&self) -> u64 {
+        W::expected_ops(Spec::params(self))
+    }
+
+    fn validate(&self, nr_vcpus: usize) -> Result<(), WorkloadError> {
+        let p = Spec::params(self);
+        if nr_vcpus == 0 {
+            return Err(WorkloadError::BadParams {
+                what: "a run needs at least one vCPU",
+            });
+        }
+        W::check(p, nr_vcpus)?;
+        let per_iter = W::work_per_iter(p, nr_vcpus).max(1);
+        in_range(
+            W::NAME,
+            "iters",
+            p.iters,
+            1..=(MAX_RUN_WORK / per_iter).max(1),
+            "iterations; a run is capped at 10^9 page-level operations, MAX_RUN_WORK",
+        )
+    }
+
+    fn frames_needed(&self, nr_vcpus: usize) -> u64 {
+        W::frames_needed(Spec::params(self), nr_vcpus)
+    }
+
+    fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+        self.validate(cpu.nr_vcpus())?;
+        require(cpu.id() < cpu.nr_vcpus(), "vCPU id out of range")?;
+        let mut cpu = Counted::new(cpu);
+        let mut report = Report::default();
+        self.body(&mut cpu, &mut report)?;
+        cpu.fill(&mut report);
+        Ok(report)
+    }
+}
+
+/// Times ops back to back: each [`OpTimer::lap`] records the time since the previous lap (or
+/// the start) as one op's latency and counts the op.
+pub(crate) struct OpTimer {
+    t: u64,
+}
+
+impl OpTimer {
+    /// Starts timing now.
+    pub(crate) fn start<C: Cpu>(cpu: &mut C) -> Self {
+        OpTimer { t: cpu.timestamp() }
+    }
+
+    /// One op ended now.
+    pub(crate) fn lap<C: Cpu>(&mut self, cpu: &mut C, report: &mut Report) {
+        let now = cpu.timestamp();
+        report.latency.record(now.wrapping_sub(self.t));
+        self.t = now;
+        report.ops += 1;
+    }
+
+    /// `n` ops (`n >= 1`) ended now: one latency sample of their mean, `n` ops counted. A
+    /// timestamp earlier than the previous lap's fails the check `what`.
+    pub(crate) fn lap_batch<C: Cpu>(
+        &mut self,
+        cpu: &mut C,
+        report: &mut Report,
+        n: u64,
+        what: &'static str,
+    ) -> Result<(), CheckFailed> {
+        let now = cpu.timestamp();
+        if now < self.t {
+            return Err(CheckFailed {
+                what,
+                gva: 0,
+                expected: self.t,
+                found: now,
+            });
+        }
+        report.latency.record((now - self.t) / n);
+        self.t = now;
+        report.ops += n;
+        Ok(())
+    }
+}
+
+/// `Err(OutOfRange)` unless `value` is in `range`.
+pub(crate) fn in_range(
+    workload: &'static str,
+    param: &'static str,
+    value: u64,
+    range: RangeInclusive<u64>,
+    note: &'static str,
+) -> Result<(), WorkloadError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(WorkloadError::OutOfRange {
+            workload,
+            param,
+            value,
+            min: *range.start(),
+            max: *range.end(),
+            note,
+        })
+    }
+}
+
+/// At most how many page-table pages (PDPT, PDs, PTs) mapping `pages` consecutive pages from a
+/// 1 GiB-aligned address in a PML4 slot of their own takes (WORKLOAD_BASE is 512 GiB aligned).
+pub(crate) const fn table_frames(pages: u64) -> u64 {
+    let entries = PT_ENTRIES as u64;
+    1 + pages.div_ceil(entries * entries) + pages.div_ceil(entries)
 }
 
 /// One of the workloads, with its parameters. Dispatch is `enum_dispatch` (a `match`, no

@@ -1,6 +1,6 @@
 //! `pt-churn`: fork/COW-like leaf PTE writes, then flush; the unsync path.
 
-use super::{check_page, check_word, require, stamp, Run};
+use super::{check_page, check_word, in_range, stamp, table_frames, OpTimer, Spec};
 use crate::cpu::Cpu;
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
@@ -34,38 +34,39 @@ pub struct PtChurn {
     pub params: Params,
 }
 
-impl PtChurn {
-    /// Default parameters.
-    pub const DEFAULT: Params = Params {
+impl Spec for PtChurn {
+    const NAME: &'static str = "pt-churn";
+    const DEFAULT: Params = Params {
         iters: 1_000,
         seed: 1,
         size: 64,
     };
-}
-
-impl Run for PtChurn {
-    fn name(&self) -> &'static str {
-        "pt-churn"
-    }
 
     fn params(&self) -> Params {
         self.params
     }
 
-    fn expected_ops(&self) -> u64 {
-        self.params.iters
+    fn check(p: Params, _nr_vcpus: usize) -> Result<(), WorkloadError> {
+        in_range(Self::NAME, "size", p.size, 1..=MAX_PAGES, "pages")
     }
 
-    fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+    /// Per page two leaf PTE writes, their invalidations, and the checks.
+    fn work_per_iter(p: Params, _nr_vcpus: usize) -> u64 {
+        4 * p.size
+    }
+
+    /// The root, the tables of `size` pages, two frames per page.
+    fn frames_needed(p: Params, _nr_vcpus: usize) -> u64 {
+        1 + table_frames(p.size) + 2 * p.size
+    }
+
+    fn body<C: Cpu>(
+        &self,
+        cpu: &mut Counted<'_, C>,
+        report: &mut Report,
+    ) -> Result<(), WorkloadError> {
         let p = self.params;
-        require(
-            (1..=MAX_PAGES).contains(&p.size),
-            "pt-churn: size (pages) must be 1..=4096",
-        )?;
         let n = p.size;
-        let mut cpu = Counted::new(cpu);
-        let cpu = &mut cpu;
-        let mut report = Report::default();
         let mut frames = FrameAlloc::for_cpu(cpu);
         let boot = cpu.boot_root();
         let va = |i: u64| WORKLOAD_BASE + i * PAGE_SIZE;
@@ -82,7 +83,7 @@ impl Run for PtChurn {
         for i in 0..n {
             check_page(
                 cpu,
-                &mut report,
+                report,
                 "pt-churn initial read",
                 va(i),
                 pattern(p.seed, frame(i, 0), 0),
@@ -91,7 +92,7 @@ impl Run for PtChurn {
 
         let mut rng = Rng::new(p.seed);
         let mut tlb = TlbGather::new();
-        let mut t = cpu.timestamp();
+        let mut timer = OpTimer::start(cpu);
         for round in 1..=p.iters {
             let (old, new) = ((round - 1) % 2, round % 2);
             // Fork: the parent's pages become read-only.
@@ -103,7 +104,7 @@ impl Run for PtChurn {
                 let want = pattern(p.seed, frame(i, old), round - 1);
                 check_page(
                     cpu,
-                    &mut report,
+                    report,
                     "pt-churn read after write-protect",
                     va(i),
                     want,
@@ -119,30 +120,20 @@ impl Run for PtChurn {
             tlb.finish(cpu, &mut frames)?;
             for i in 0..n {
                 let want = pattern(p.seed, frame(i, new), round);
-                check_page(
-                    cpu,
-                    &mut report,
-                    "pt-churn read after COW remap",
-                    va(i),
-                    want,
-                )?;
+                check_page(cpu, report, "pt-churn read after COW remap", va(i), want)?;
                 cpu.write_u64(va(i) + 8, round);
                 check_word(
                     cpu,
-                    &mut report,
+                    report,
                     "pt-churn store through COW remap lands in the new frame",
                     direct_map(frame(i, new) + 8),
                     round,
                 )?;
             }
-            let now = cpu.timestamp();
-            report.latency.record(now.wrapping_sub(t));
-            t = now;
-            report.ops += 1;
+            timer.lap(cpu, report);
         }
         report.pte_writes = pt.pte_writes();
         cpu.load_cr3(boot);
-        cpu.fill(&mut report);
-        Ok(report)
+        Ok(())
     }
 }

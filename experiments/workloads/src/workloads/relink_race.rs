@@ -3,7 +3,7 @@
 //! is still editing the table behind it, then both sides shoot down and the children check. The
 //! race `FNAME(fetch)`'s per-level `gpte_changed` re-check guards (framework/src/sim/fetch_race.rs).
 
-use super::{check_page, require, stamp, Run};
+use super::{check_page, in_range, stamp, OpTimer, Spec};
 use crate::cpu::{CheckFailed, Cpu};
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
@@ -136,59 +136,59 @@ pub struct RelinkRace {
     pub params: Params,
 }
 
-impl RelinkRace {
+impl Spec for RelinkRace {
+    const NAME: &'static str = "relink-race";
     /// Default parameters: about 0.3 s on `sim`, 20-25 s on `kvm` and `native` on the
     /// development machine (where a round costs several exits of 50-100 µs each).
-    pub const DEFAULT: Params = Params {
+    const DEFAULT: Params = Params {
         iters: 1_000,
         seed: 1,
         size: 4,
     };
-}
-
-impl Run for RelinkRace {
-    fn name(&self) -> &'static str {
-        "relink-race"
-    }
 
     fn params(&self) -> Params {
         self.params
     }
 
-    fn expected_ops(&self) -> u64 {
-        self.params.iters
+    fn check(p: Params, _nr_vcpus: usize) -> Result<(), WorkloadError> {
+        in_range(
+            Self::NAME,
+            "size",
+            p.size,
+            1..=PT_ENTRIES as u64,
+            "pages per leaf table",
+        )
     }
 
-    fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
-        let p = self.params;
-        require(
-            (1..=PT_ENTRIES as u64).contains(&p.size),
-            "relink-race: size (pages per table) must be 1..=512",
-        )?;
-        require(
-            cpu.id() < cpu.nr_vcpus(),
-            "relink-race: vCPU id out of range",
-        )?;
-        let mut cpu = Counted::new(cpu);
-        let cpu = &mut cpu;
+    /// The parent's link and unlink, two leaf PTE writes and an INVLPG per page, its checks.
+    fn work_per_iter(p: Params, _nr_vcpus: usize) -> u64 {
+        4 * p.size + 4
+    }
+
+    /// The parent: [`TABLES`] tables of two frames per page, root A, the PDPT, two PDs, the
+    /// leaf tables, and two child roots (a new one is made before the one it replaces is
+    /// freed). The children allocate nothing.
+    fn frames_needed(p: Params, _nr_vcpus: usize) -> u64 {
+        2 * TABLES * p.size + 1 + 3 + TABLES + 2
+    }
+
+    fn body<C: Cpu>(
+        &self,
+        cpu: &mut Counted<'_, C>,
+        report: &mut Report,
+    ) -> Result<(), WorkloadError> {
         let result = if cpu.id() == 0 {
-            self.parent(cpu)
+            self.parent(cpu, report)
         } else {
-            self.child(cpu)
+            self.child(cpu, report)
         };
-        match result {
-            Ok(mut report) => {
-                cpu.fill(&mut report);
-                Ok(report)
-            }
-            Err(e) => {
-                // Release the vCPUs waiting for this one.
-                if e != WorkloadError::PeerFailed {
-                    abort_peers(cpu);
-                }
-                Err(e)
+        // Release the vCPUs waiting for this one.
+        if let Err(e) = result {
+            if e != WorkloadError::PeerFailed {
+                abort_peers(cpu);
             }
         }
+        result
     }
 }
 
@@ -212,11 +212,10 @@ fn check_pages<C: Cpu>(
 
 impl RelinkRace {
     /// vCPU 0: builds, links, edits and unlinks.
-    fn parent<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+    fn parent<C: Cpu>(&self, cpu: &mut C, report: &mut Report) -> Result<(), WorkloadError> {
         let p = self.params;
         let (n, nr) = (p.size, cpu.nr_vcpus() as u64);
         let children = nr - 1;
-        let mut report = Report::default();
         let mut pte_writes = 0;
         let mut frames = FrameAlloc::for_cpu(cpu);
         let boot = cpu.boot_root();
@@ -255,7 +254,7 @@ impl RelinkRace {
         let mut link: Option<u64> = None;
         let mut retired: Option<u64> = None;
         let mut pd1_entry = 0;
-        let mut t = cpu.timestamp();
+        let mut timer = OpTimer::start(cpu);
         for round in 1..=p.iters {
             // 1. Unlink the last round's link once every child is done with it.
             spin_until_at_least(
@@ -318,7 +317,7 @@ impl RelinkRace {
                 cpu.load_cr3(child_root.root());
                 check_pages(
                     cpu,
-                    &mut report,
+                    report,
                     "relink-race (one vCPU): read through the new link in the child root",
                     data,
                     p.seed,
@@ -354,7 +353,7 @@ impl RelinkRace {
             }
             check_pages(
                 cpu,
-                &mut report,
+                report,
                 "relink-race: parent's read after its own INVLPG",
                 data,
                 p.seed,
@@ -365,7 +364,7 @@ impl RelinkRace {
                 cpu.load_cr3(child_root.root());
                 check_pages(
                     cpu,
-                    &mut report,
+                    report,
                     "relink-race (one vCPU): read in the child root after the edit and CR3 load",
                     data,
                     p.seed,
@@ -374,10 +373,7 @@ impl RelinkRace {
                 )?;
                 cpu.load_cr3(a.root());
             }
-            let now = cpu.timestamp();
-            report.latency.record(now.wrapping_sub(t));
-            t = now;
-            report.ops += 1;
+            timer.lap(cpu, report);
         }
         spin_until_at_least(
             cpu,
@@ -396,14 +392,13 @@ impl RelinkRace {
         tlb.finish(cpu, &mut frames)?;
         report.pte_writes = pte_writes;
         cpu.load_cr3(boot);
-        Ok(report)
+        Ok(())
     }
 
     /// vCPUs 1..N: fault through each new link while the parent edits, shoot down, check.
-    fn child<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+    fn child<C: Cpu>(&self, cpu: &mut C, report: &mut Report) -> Result<(), WorkloadError> {
         let p = self.params;
         let n = p.size;
-        let mut report = Report::default();
         // Never allocates: the gather wants an allocator for deferred frees, and there are none.
         let mut frames = FrameAlloc::for_cpu(cpu);
         let boot = cpu.boot_root();
@@ -425,7 +420,8 @@ impl RelinkRace {
         );
         let mut tlb = TlbGather::new();
         for round in 1..=p.iters {
-            let t0 = cpu.timestamp();
+            // The whole round is the op, the waits for the parent included.
+            let mut timer = OpTimer::start(cpu);
             spin_until_at_least(cpu, link_word, round, "the parent's new link")?;
             let r = cpu.read_u64(root_word);
             if r != root {
@@ -461,7 +457,7 @@ impl RelinkRace {
             tlb.finish(cpu, &mut frames)?;
             check_pages(
                 cpu,
-                &mut report,
+                report,
                 "relink-race: child's read after the parent's edit and the shootdown",
                 data,
                 p.seed,
@@ -469,10 +465,9 @@ impl RelinkRace {
                 true,
             )?;
             cpu.fetch_add_u64(done, 1);
-            report.latency.record(cpu.timestamp().wrapping_sub(t0));
-            report.ops += 1;
+            timer.lap(cpu, report);
         }
         cpu.load_cr3(boot);
-        Ok(report)
+        Ok(())
     }
 }

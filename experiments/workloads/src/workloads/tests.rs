@@ -347,16 +347,112 @@ fn bad_params_are_errors() {
         ("relink-race", 0),
         ("relink-race", 513),
     ] {
-        let r = m.run(workload(name, 1, size), TlbMode::None).pop().unwrap();
+        let w = workload(name, 1, size);
+        let r = m.run(w, TlbMode::None).pop().unwrap();
         assert!(
-            matches!(r, Err(WorkloadError::BadParams { .. })),
+            matches!(r, Err(WorkloadError::OutOfRange { param: "size", value, .. }) if value == size),
             "{name} size {size}: {r:?}"
         );
+        // The VMM's check before boot is the same check.
+        assert_eq!(Err(r.unwrap_err()), w.validate(1));
     }
-    // 2 vCPUs x 300 slots do not fit one page table.
+    // 2 vCPUs x 300 slots do not fit one page table; 2 x 256 do.
     let m = Machine::new(4, 2);
     for r in m.run(workload("unsync-race", 1, 300), TlbMode::None) {
-        assert!(matches!(r, Err(WorkloadError::BadParams { .. })), "{r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(WorkloadError::OutOfRange {
+                    param: "size",
+                    max: 256,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    assert_eq!(workload("unsync-race", 1, 256).validate(2), Ok(()));
+    assert!(workload("unsync-race", 1, 257).validate(2).is_err());
+    assert!(workload("pt-churn", 1, 64).validate(0).is_err());
+}
+
+#[test]
+fn iters_are_bounded_by_the_work_of_a_run() {
+    for w in Workload::ALL {
+        let p = w.params();
+        for bad in [0, u64::MAX, MAX_RUN_WORK + 1] {
+            let r = w.with_params(Params { iters: bad, ..p }).validate(2);
+            assert!(
+                matches!(r, Err(WorkloadError::OutOfRange { param: "iters", min: 1, max, .. }) if max < bad || bad == 0),
+                "{} iters {bad}: {r:?}",
+                w.name()
+            );
+        }
+        assert_eq!(w.validate(2), Ok(()), "{}: defaults are valid", w.name());
+    }
+    // The bound shrinks with the work of one iteration: 4 units per page for pt-churn.
+    let big = workload("pt-churn", 1, 4096);
+    let Err(WorkloadError::OutOfRange { max, .. }) = big
+        .with_params(Params {
+            iters: u64::MAX,
+            ..big.params()
+        })
+        .validate(1)
+    else {
+        panic!()
+    };
+    assert_eq!(max, MAX_RUN_WORK / (4 * 4096));
+    assert_eq!(
+        big.with_params(Params {
+            iters: max,
+            ..big.params()
+        })
+        .validate(1),
+        Ok(())
+    );
+    // An out-of-range iters on the guest side is the same error as before boot.
+    let m = Machine::new(4, 1);
+    let w = workload("exit-floor", 0, 1);
+    assert_eq!(
+        m.run(w, TlbMode::None).pop().unwrap().unwrap_err(),
+        w.validate(1).unwrap_err()
+    );
+}
+
+#[test]
+fn frames_needed_suffice() {
+    // Each workload with exactly `frames_needed` free frames per vCPU passes, on one vCPU and
+    // on two, at several sizes (both sides of the table-page boundaries).
+    for w in Workload::ALL {
+        for size in [1, 2, 4, 40, 64, 200, 513, 4096] {
+            for vcpus in [1, 2] {
+                let w = w.with_params(params(3, size));
+                if w.validate(vcpus).is_err() {
+                    continue;
+                }
+                let need = w.frames_needed(vcpus);
+                let m = Machine::new(256, vcpus).with_free_frames(need);
+                for (id, r) in m.run(w, TlbMode::Real).into_iter().enumerate() {
+                    let r = r.unwrap_or_else(|e| {
+                        panic!(
+                            "{} size {size} on {vcpus} vCPUs, {need} frames: vCPU {id}: {e}",
+                            w.name()
+                        )
+                    });
+                    assert_eq!(r.ops, w.expected_ops());
+                }
+            }
+        }
+    }
+    // Where the count is exact, one frame fewer runs out.
+    for (name, size) in [("pt-churn", 40), ("fault-storm", 600), ("cr3-switch", 8)] {
+        let w = workload(name, 3, size);
+        let m = Machine::new(64, 1).with_free_frames(w.frames_needed(1) - 1);
+        assert_eq!(
+            m.run(w, TlbMode::None).pop().unwrap(),
+            Err(WorkloadError::PageTable(crate::error::PtError::OutOfFrames)),
+            "{name}"
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 //! `unsync-race`: other vCPUs write leaf PTEs of a table vCPU 0's root uses; vCPU 0 flushes and
 //! must see them. The race the `is_unsync_root` barrier guards.
 
-use super::{check_page, require, stamp, Run};
+use super::{check_page, in_range, stamp, table_frames, OpTimer, Spec};
 use crate::cpu::Cpu;
 use crate::error::WorkloadError;
 use crate::frames::FrameAlloc;
@@ -48,74 +48,69 @@ pub struct UnsyncRace {
     pub params: Params,
 }
 
-impl UnsyncRace {
-    /// Default parameters.
-    pub const DEFAULT: Params = Params {
-        iters: 1_000,
-        seed: 1,
-        size: 4,
-    };
-}
-
 /// Virtual address of slot `s`.
 const fn slot_va(s: u64) -> u64 {
     WORKLOAD_BASE + s * PAGE_SIZE
 }
 
-impl Run for UnsyncRace {
-    fn name(&self) -> &'static str {
-        "unsync-race"
-    }
+impl Spec for UnsyncRace {
+    const NAME: &'static str = "unsync-race";
+    const DEFAULT: Params = Params {
+        iters: 1_000,
+        seed: 1,
+        size: 4,
+    };
 
     fn params(&self) -> Params {
         self.params
     }
 
-    fn expected_ops(&self) -> u64 {
-        self.params.iters
+    fn check(p: Params, nr_vcpus: usize) -> Result<(), WorkloadError> {
+        in_range(
+            Self::NAME,
+            "size",
+            p.size,
+            1..=(PT_ENTRIES / nr_vcpus.max(1)) as u64,
+            "slots per vCPU: every vCPU's slots share one 512-entry page table",
+        )
     }
 
-    fn run<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
-        let p = self.params;
-        let nr = cpu.nr_vcpus() as u64;
-        require(
-            p.size >= 1,
-            "unsync-race: size (slots per vCPU) must be at least 1",
-        )?;
-        require(
-            nr >= 1 && p.size.saturating_mul(nr) <= PT_ENTRIES as u64,
-            "unsync-race: size (slots per vCPU) * vCPUs must be at most 512",
-        )?;
-        require((cpu.id() as u64) < nr, "unsync-race: vCPU id out of range")?;
-        let mut cpu = Counted::new(cpu);
-        let cpu = &mut cpu;
+    /// vCPU 0 remaps and checks its own slots and checks every writer's.
+    fn work_per_iter(p: Params, nr_vcpus: usize) -> u64 {
+        2 * p.size * nr_vcpus as u64 + 2
+    }
+
+    /// vCPU 0: root A (and B on one vCPU), the tables of its slots, two frames per slot; the
+    /// writers need only their two frames per slot.
+    fn frames_needed(p: Params, _nr_vcpus: usize) -> u64 {
+        2 + table_frames(p.size) + 2 * p.size
+    }
+
+    fn body<C: Cpu>(
+        &self,
+        cpu: &mut Counted<'_, C>,
+        report: &mut Report,
+    ) -> Result<(), WorkloadError> {
         let result = if cpu.id() == 0 {
-            self.leader(cpu)
+            self.leader(cpu, report)
         } else {
-            self.writer(cpu)
+            self.writer(cpu, report)
         };
-        match result {
-            Ok(mut report) => {
-                cpu.fill(&mut report);
-                Ok(report)
-            }
-            Err(e) => {
-                // Release the vCPUs waiting for this one.
-                if e != WorkloadError::PeerFailed {
-                    abort_peers(cpu);
-                }
-                Err(e)
+        // Release the vCPUs waiting for this one.
+        if let Err(e) = result {
+            if e != WorkloadError::PeerFailed {
+                abort_peers(cpu);
             }
         }
+        result
     }
 }
 
 impl UnsyncRace {
     /// vCPU 0: owns root A and the checks.
-    fn leader<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+    fn leader<C: Cpu>(&self, cpu: &mut C, report: &mut Report) -> Result<(), WorkloadError> {
         let p = self.params;
         let (n, nr) = (p.size, cpu.nr_vcpus() as u64);
-        let mut report = Report::default();
         let mut frames = FrameAlloc::for_cpu(cpu);
         let boot = cpu.boot_root();
         let base = frames.alloc_contiguous(2 * n)?;
@@ -142,7 +137,7 @@ impl UnsyncRace {
         for j in 0..n {
             check_page(
                 cpu,
-                &mut report,
+                report,
                 "unsync-race initial read",
                 slot_va(j),
                 pattern(p.seed, frame(j, 0), 0),
@@ -154,7 +149,7 @@ impl UnsyncRace {
         let done = shared_word(cpu, word::DONE);
         let mut tlb = TlbGather::new();
         let mut pte_writes = 0;
-        let mut t = cpu.timestamp();
+        let mut timer = OpTimer::start(cpu);
         for round in 1..=p.iters {
             let par = round % 2;
             if let Some(b) = &b {
@@ -178,7 +173,7 @@ impl UnsyncRace {
                 let want = pattern(p.seed, frame(j, par), round);
                 check_page(
                     cpu,
-                    &mut report,
+                    report,
                     "unsync-race: own PTE write after own flush",
                     slot_va(j),
                     want,
@@ -197,7 +192,7 @@ impl UnsyncRace {
                     let want = pattern(p.seed, f, round);
                     check_page(
                         cpu,
-                        &mut report,
+                        report,
                         "unsync-race: other vCPU's PTE write after flush",
                         slot_va(s),
                         want,
@@ -205,22 +200,18 @@ impl UnsyncRace {
                 }
                 barrier.wait(cpu)?;
             }
-            let now = cpu.timestamp();
-            report.latency.record(now.wrapping_sub(t));
-            t = now;
-            report.ops += 1;
+            timer.lap(cpu, report);
         }
         report.pte_writes = a.pte_writes() + b.map_or(0, |b| b.pte_writes()) + pte_writes;
         cpu.load_cr3(boot);
-        Ok(report)
+        Ok(())
     }
 
     /// vCPUs 1..N: write leaf PTEs of vCPU 0's table T through the direct map.
-    fn writer<C: Cpu>(&self, cpu: &mut C) -> Result<Report, WorkloadError> {
+    fn writer<C: Cpu>(&self, cpu: &mut C, report: &mut Report) -> Result<(), WorkloadError> {
         let p = self.params;
         let n = p.size;
         let first = cpu.id() as u64 * n;
-        let mut report = Report::default();
         let mut frames = FrameAlloc::for_cpu(cpu);
         let base = frames.alloc_contiguous(2 * n)?;
         let frame = |j: u64, par: u64| base + (par * n + j) * PAGE_SIZE;
@@ -231,7 +222,8 @@ impl UnsyncRace {
         let done = shared_word(cpu, word::DONE);
         for round in 1..=p.iters {
             let par = round % 2;
-            let t0 = cpu.timestamp();
+            // The batch's publication is the op; the barrier wait after it is not timed.
+            let mut timer = OpTimer::start(cpu);
             for j in 0..n {
                 stamp(cpu, frame(j, par), pattern(p.seed, frame(j, par), round));
                 write_entry(
@@ -242,11 +234,9 @@ impl UnsyncRace {
                 report.pte_writes += 1;
             }
             cpu.fetch_add_u64(done, 1);
-            let t1 = cpu.timestamp();
-            report.latency.record(t1.wrapping_sub(t0));
-            report.ops += 1;
+            timer.lap(cpu, report);
             barrier.wait(cpu)?;
         }
-        Ok(report)
+        Ok(())
     }
 }
