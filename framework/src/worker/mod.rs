@@ -10,8 +10,10 @@ mod result;
 mod run_kvm;
 mod run_sim;
 
-pub use args::{Backend, HostCoherenceArg, WorkerArgs};
-pub use result::{LatencySummary, PolicyRecord, VcpuResult, Verdict, WorkerResult};
+pub use args::{Backend, HostCoherence, WorkerArgs};
+pub use shadowlab_schema::{
+    BackendStats, LatencySummary, PolicyRecord, VcpuResult, Verdict, WorkerResult, SCHEMA_VERSION,
+};
 
 use shadowlab_workloads::{Params, Workload};
 
