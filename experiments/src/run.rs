@@ -220,7 +220,15 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
             .ok_or_else(|| DriverError::WorkerSyntax(w.clone()))?;
         overrides.insert(p.to_string(), PathBuf::from(path));
     }
-    let source = build::source_state(&args.source)?;
+    let root = args
+        .source
+        .canonicalize()
+        .map_err(|source| DriverError::Io {
+            what: "find the source tree",
+            path: args.source.clone(),
+            source,
+        })?;
+    let source = build::source_state(&root)?;
     let started = results::now_utc();
     let run_id = format!(
         "{}-{}{}",
@@ -251,7 +259,7 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
     for p in &needed {
         let rec = match overrides.get(*p) {
             Some(path) => build::checked(p, path, false)?,
-            None => build::worker_binary(&args.source, &source, p, &mut |m| progress.note(m))?,
+            None => build::worker_binary(&root, &source, p, &mut |m| progress.note(m))?,
         };
         binaries.insert(p.to_string(), rec);
     }

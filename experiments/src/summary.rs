@@ -43,6 +43,10 @@ pub fn per_block(samples: &[Sample]) -> BTreeMap<Cell, BTreeMap<u32, f64>> {
         .collect()
 }
 
+/// Fewer paired blocks than this give no label: a bootstrap of one or two values has an
+/// interval of (almost) no width, which would read as "resolved" without evidence.
+pub const MIN_BLOCKS: usize = 3;
+
 /// One cell's statistics.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CellSummary {
@@ -127,7 +131,9 @@ pub fn summarise(samples: &[Sample], status: Status, seed: u64) -> Summary {
             let base = vals(&arm(BASELINE));
             let floor = {
                 let (a, b) = paired(base, vals(&arm(AA_ARM)));
-                aa_floor(&a, &b, &cfg).ok()
+                (a.len() >= MIN_BLOCKS)
+                    .then(|| aa_floor(&a, &b, &cfg).ok())
+                    .flatten()
             };
             let cells = cells
                 .iter()
@@ -147,6 +153,13 @@ pub fn summarise(samples: &[Sample], status: Status, seed: u64) -> Summary {
                     } else {
                         let (p, b) = paired(v, base);
                         match paired_ratio(&p, &b, &cfg) {
+                            Ok(r) if p.len() < MIN_BLOCKS => {
+                                note.push(format!(
+                                    "{} paired blocks (< {MIN_BLOCKS}): no label",
+                                    p.len()
+                                ));
+                                (Some(r), None)
+                            }
                             Ok(r) => match &floor {
                                 Some(f) => (Some(r), Label::of(&r, f.floor).ok()),
                                 None => {
