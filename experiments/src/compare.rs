@@ -48,8 +48,8 @@ fn inner(args: &CompareArgs) -> Result<bool, DriverError> {
     let cfg = BootstrapConfig::seeded(a.manifest.matrix.seed);
     let mut any = false;
     println!(
-        "{:<8} {:<12} {:>2}  {:<14} {:>24}  {}",
-        "backend", "workload", "v", "arm", "B/A [95% CI]", "verdict"
+        "{:<8} {:<12} {:>2}  {:<14} {:>24}  verdict",
+        "backend", "workload", "v", "arm", "B/A [95% CI]"
     );
     for (cell, xa) in &va {
         let Some(xb) = vb.get(cell) else { continue };
