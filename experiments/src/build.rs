@@ -167,8 +167,9 @@ pub fn worker_binary(
             move |source| DriverError::Io { what, path, source }
         };
         std::fs::create_dir_all(dir).map_err(io("create the worker cache", dir))?;
-        // Copy to a temporary name, then rename: a cache entry is whole or absent.
-        let tmp = dir.join(".shadowlab-vmm.tmp");
+        // Copy to a temporary name, then rename: a cache entry is whole or absent, also when
+        // shards on one host (Slurm array tasks) build the same policy at once.
+        let tmp = dir.join(format!(".shadowlab-vmm.{}.tmp", std::process::id()));
         std::fs::copy(target.join("release/shadowlab-vmm"), &tmp)
             .map_err(io("copy a built worker", &tmp))?;
         std::fs::rename(&tmp, &dest).map_err(io("cache a built worker", &dest))?;
