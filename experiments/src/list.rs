@@ -36,17 +36,15 @@ pub fn run() -> ExitCode {
     );
     println!("presets:");
     for p in PRESETS {
-        println!(
-            "  {:<6} {} — {} blocks, {} iterations a run",
-            p.name, p.about, p.reps, p.iters
-        );
+        println!("  {:<6} {} — {} blocks", p.name, p.about, p.reps);
         for r in p.rows {
             let v: Vec<String> = r.vcpus.iter().map(u32::to_string).collect();
             println!(
-                "         {:<6} {} at {} vCPU",
+                "         {:<6} {} at {} vCPU, {} iterations a run",
                 r.backend.name(),
                 r.workloads.join(", "),
-                v.join(",")
+                v.join(","),
+                r.iters
             );
         }
     }

@@ -126,10 +126,22 @@ fn spec_of(
         .iter()
         .map(|b| b.parse::<Backend>())
         .collect::<Result<Vec<_>, _>>()?;
-    let mut groups = preset.groups();
+    let preset_groups = preset.groups();
+    let preset_iters = |g: &Group| {
+        preset_groups
+            .iter()
+            .find(|(p, _)| p.backend == g.backend && p.workload == g.workload)
+            .map_or(0, |(_, i)| *i)
+    };
+    let mut groups: Vec<Group> = preset_groups.iter().map(|(g, _)| g.clone()).collect();
     if !(backends.is_empty() && args.workloads.is_empty() && args.vcpus.is_empty()) {
-        let pick =
-            |given: Vec<String>, from: Vec<String>| if given.is_empty() { from } else { given };
+        let pick = |given: Vec<String>, from: Vec<String>| {
+            if given.is_empty() {
+                from
+            } else {
+                given
+            }
+        };
         let dedup = |mut v: Vec<String>| {
             let mut seen = std::collections::BTreeSet::new();
             v.retain(|x| seen.insert(x.clone()));
@@ -162,6 +174,10 @@ fn spec_of(
             }
         }
     }
+    let iters = groups
+        .iter()
+        .map(|g| args.iters.unwrap_or_else(|| preset_iters(g)))
+        .collect();
     let kvm_max = host
         .caps
         .iter()
@@ -203,8 +219,8 @@ fn spec_of(
         MatrixSpec {
             policies,
             groups,
+            iters,
             reps,
-            iters: args.iters.unwrap_or(preset.iters),
             seed: args.seed,
         },
     ))
@@ -329,7 +345,7 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
             .arg("--vcpus")
             .arg(cell.group.vcpus.to_string())
             .arg("--iters")
-            .arg(spec.iters.to_string())
+            .arg(spec.iters_of(&cell.group).to_string())
             .arg("--timeout-s")
             .arg(args.timeout.max(1).to_string());
             if cell.policy() == UNSOUND {
