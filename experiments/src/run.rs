@@ -259,6 +259,9 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
         .unwrap_or_else(|| Path::new("bench-results").join(&run_id));
     // The folder first: an existing one or an unwritable parent fails before any build.
     results::create_run_dir(&dir)?;
+    // Until the manifest is written, a failure (a build error, a worker of the wrong policy)
+    // removes the folder again, so that a rerun with the same --out is not refused.
+    let mut unfinished = RemoveIfEmpty(Some(dir.clone()));
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -325,6 +328,7 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
         status: Status::Running,
     };
     results::write_json(&dir, results::MANIFEST, &manifest)?;
+    unfinished.0 = None;
 
     let mut samples: Vec<Sample> = Vec::new();
     let mut status = Status::Complete;
@@ -387,6 +391,18 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
     print!("{}", crate::summary::table(&summary));
     println!("{status}: {}", dir.display());
     Ok(status)
+}
+
+/// Removes the folder it holds on drop, if the folder is still empty.
+struct RemoveIfEmpty(Option<PathBuf>);
+
+impl Drop for RemoveIfEmpty {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            // remove_dir fails on a folder that is not empty: nothing written is lost.
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 /// How a worker run ended.

@@ -250,6 +250,28 @@ fn bad_input_is_a_one_line_error_and_writes_nothing() {
         assert!(stderr.contains(msg), "{args:?}: {stderr}");
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
+    // A worker of the wrong policy: the error, and no folder left behind.
+    let vmm = Path::new(env!("CARGO_BIN_EXE_shadowlab")).with_file_name("shadowlab-vmm");
+    let mut c = shadowlab();
+    c.args([
+        "run",
+        "--policies",
+        "rmb-fence,always-lock",
+        "--backends",
+        "sim",
+        "--reps",
+        "1",
+    ])
+    .arg("--worker")
+    .arg(format!("always-lock={}", vmm.display()))
+    .arg("--worker")
+    .arg(format!("rmb-fence={}", vmm.display()))
+    .arg("--out")
+    .arg(&out);
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("not always-lock"), "{}", text(&o));
+    assert!(!out.exists());
     // An unwritable output folder.
     let o = tiny(Path::new("/proc/shadowlab-run"), "cr3-switch", "1", &[])
         .output()
