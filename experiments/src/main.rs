@@ -1,7 +1,17 @@
 //! `shadowlab`: the driver. Model-checks the policies, and (as later issues land) builds the
 //! worker once per policy, runs the workloads, stores results and reports.
 
+mod build;
+mod compare;
+mod error;
 mod info;
+mod list;
+mod matrix;
+mod merge;
+mod progress;
+mod results;
+mod run;
+mod summary;
 mod verify;
 mod worker;
 
@@ -25,6 +35,15 @@ enum Command {
     /// Describe this host: KVM flavour (bare-metal VMX/SVM, nested, software/paravirtual), the
     /// capabilities the framework relies on, perf counters, and what is missing.
     Info(info::InfoArgs),
+    /// Build the worker once per policy and run the matrix (policy × backend × workload ×
+    /// vCPUs × blocks); write manifest.json, samples.csv and summary.json.
+    Run(run::RunArgs),
+    /// List the workloads, policies, backends and presets.
+    List,
+    /// Compare two runs cell by cell; exit 1 where a change is resolved beyond the floor.
+    Compare(compare::CompareArgs),
+    /// Join the shard folders of one run into one run folder.
+    Merge(merge::MergeArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,5 +78,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Verify(args) => verify::run(&args),
         Command::Info(args) => info::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::List => list::run(),
+        Command::Compare(args) => compare::run(&args),
+        Command::Merge(args) => merge::run(&args),
     }
 }

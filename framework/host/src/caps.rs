@@ -1,19 +1,21 @@
 //! The KVM capabilities the framework relies on or reports.
 
 use kvm_bindings as kb;
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 /// One capability, as KVM_CHECK_EXTENSION answered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapInfo {
     /// `KVM_CAP_*` name without the prefix.
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     /// KVM_CHECK_EXTENSION's answer (0: absent; some capabilities answer a number).
     pub value: i32,
     /// The backends cannot run without it.
     pub required: bool,
     /// What the framework uses it for.
-    pub why: &'static str,
+    pub why: Cow<'static, str>,
 }
 
 /// (name, number, required, why).
@@ -86,10 +88,10 @@ pub const CAPS: [(&str, u32, bool, &str); 12] = [
 pub fn query(kvm: &kvm_ioctls::Kvm) -> Vec<CapInfo> {
     CAPS.iter()
         .map(|&(name, nr, required, why)| CapInfo {
-            name,
+            name: Cow::Borrowed(name),
             value: kvm.check_extension_raw(libc::c_ulong::from(nr)),
             required,
-            why,
+            why: Cow::Borrowed(why),
         })
         .collect()
 }

@@ -3,10 +3,10 @@
 use std::fmt;
 
 use raw_cpuid::{CpuId, Hypervisor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the framework needs to know about the CPU.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuDesc {
     /// Vendor string (`GenuineIntel`, `AuthenticAMD`).
     pub vendor: String,

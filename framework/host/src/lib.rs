@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 mod caps;
 mod cpu;
@@ -21,7 +21,7 @@ pub use cpu::CpuDesc;
 pub use perf::PerfInfo;
 
 /// What kind of virtualisation `/dev/kvm` sits on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Flavour {
     /// KVM on bare metal with Intel VMX.
     BareMetalVmx,
@@ -64,7 +64,7 @@ impl fmt::Display for Flavour {
 }
 
 /// The state of `/dev/kvm`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvmDevice {
     /// The node exists.
     pub present: bool,
@@ -75,7 +75,7 @@ pub struct KvmDevice {
 }
 
 /// Everything `shadowlab info` reports.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostInfo {
     /// The CPU.
     pub cpu: CpuDesc,

@@ -5,10 +5,10 @@ use std::fmt;
 
 use perf_event::events::{Hardware, Software};
 use perf_event::Builder;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which counters are available.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PerfInfo {
     /// A hardware `instructions` counter opened and counted.
     pub hw_instructions: bool,

@@ -30,22 +30,7 @@ pub struct MmuLock<T> {
     write_wait_ns: AtomicU64,
 }
 
-/// A snapshot of the lock's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LockStats {
-    /// Read acquisitions.
-    pub read_acquisitions: u64,
-    /// Write acquisitions.
-    pub write_acquisitions: u64,
-    /// Read acquisitions that had to wait.
-    pub read_contended: u64,
-    /// Write acquisitions that had to wait.
-    pub write_contended: u64,
-    /// Total nanoseconds spent waiting for read.
-    pub read_wait_ns: u64,
-    /// Total nanoseconds spent waiting for write.
-    pub write_wait_ns: u64,
-}
+pub use shadowlab_schema::LockStats;
 
 impl<T> MmuLock<T> {
     /// A lock around `value`.

@@ -1,10 +1,12 @@
 //! MMU event counters: one cache-line-aligned block of relaxed atomics per vCPU (plus one for
 //! work not done on behalf of a vCPU, counted under the MMU write lock), so counting on a hot
-//! path is a plain load and store to a line only the vCPU's own thread writes. [`MmuStats`] is the serde snapshot, summed.
+//! path is a plain load and store to a line only the vCPU's own thread writes. [`MmuStats`]
+//! (defined in `shadowlab-schema`, one field per [`Counter`]) is the serde snapshot, summed.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use super::lock::LockStats;
+use shadowlab_schema::LockStats;
+pub use shadowlab_schema::MmuStats;
 
 macro_rules! counters {
     ($($name:ident : $doc:literal),* $(,)?) => {
@@ -16,18 +18,10 @@ macro_rules! counters {
 
         const NR_COUNTERS: usize = [$(Counter::$name),*].len();
 
-        /// A snapshot of every MMU counter, summed over vCPUs, plus the lock's counters.
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-        pub struct MmuStats {
-            $(#[doc = $doc] pub $name: u64,)*
-            /// The MMU lock's counters.
-            pub lock: LockStats,
-        }
-
-        impl MmuStats {
-            fn from_sums(sums: &[u64; NR_COUNTERS], lock: LockStats) -> Self {
-                MmuStats { $($name: sums[Counter::$name as usize],)* lock }
-            }
+        /// The snapshot from the summed counters. `MmuStats` has exactly one field per
+        /// `Counter` (the struct literal below does not compile otherwise).
+        fn from_sums(sums: &[u64; NR_COUNTERS], lock: LockStats) -> MmuStats {
+            MmuStats { $($name: sums[Counter::$name as usize],)* lock }
         }
     };
 }
@@ -98,7 +92,7 @@ pub fn snapshot<'a>(blocks: impl Iterator<Item = &'a CounterBlock>, lock: LockSt
             *s += c.load(Relaxed);
         }
     }
-    MmuStats::from_sums(&sums, lock)
+    from_sums(&sums, lock)
 }
 
 #[cfg(test)]

@@ -59,28 +59,8 @@ impl Op {
     }
 }
 
-/// Per-vCPU counters of the software TLB and the access path.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct SimCpuStats {
-    /// Guest memory accesses.
-    pub accesses: u64,
-    /// Accesses served by the software TLB.
-    pub tlb_hits: u64,
-    /// Shadow-table walks (TLB misses).
-    pub walks: u64,
-    /// Walks that failed and entered the MMU's fault handler.
-    pub shadow_faults: u64,
-    /// Stores emulated by the MMU (write-protected guest page tables).
-    pub emulated: u64,
-    /// Full TLB flushes (CR3 loads, flushes, flush requests).
-    pub tlb_flushes: u64,
-    /// Flush requests from other vCPUs that this vCPU honoured.
-    pub remote_flushes_seen: u64,
-    /// Root reloads after a zap.
-    pub reloads: u64,
-    /// No-op hypercalls.
-    pub hypercalls: u64,
-}
+/// Per-vCPU counters of the software TLB and the access path (defined in the result schema).
+pub use shadowlab_schema::SimCpuStats;
 
 /// A simulated vCPU: what `sim::run`'s closure receives. Implements [`Cpu`] (for the
 /// workloads: a guest-fatal error stops the vCPU, see [`super::run`]) and offers the same

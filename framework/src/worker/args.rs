@@ -1,27 +1,8 @@
 //! The worker's command line.
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-/// Which backend runs the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Backend {
-    /// Software vCPUs on threads, walking our shadow tables with a software TLB.
-    Sim,
-    /// Real vCPUs on /dev/kvm, CR3 always one of our shadow roots.
-    Kvm,
-    /// Real vCPUs on /dev/kvm on the guest's own page tables: the host kernel's shadow MMU.
-    Native,
-}
-
-/// `--host-coherence` (see `kvm::HostCoherence`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum HostCoherenceArg {
-    /// Re-store the changed SPTEs in guest context through the monitor, then reload CR3.
-    Replay,
-    /// Delete and re-add the shadow pool's memslot with every vCPU parked.
-    CycleSlot,
-}
+pub use shadowlab_schema::{Backend, HostCoherence};
 
 /// `shadowlab-vmm`: runs one workload on one backend with the shadow-sync policy this binary
 /// was built with, and prints one JSON result on stdout.
@@ -64,8 +45,8 @@ pub struct WorkerArgs {
     /// `kvm` backend: how the host is kept coherent with SPTE changes: `replay` (re-store the
     /// changed SPTEs in guest context, the default) or `cycle-slot` (delete and re-add the
     /// pool's memslot with the vCPUs parked; the slower first design, for comparison).
-    #[arg(long, value_enum, default_value_t = HostCoherenceArg::Replay)]
-    pub host_coherence: HostCoherenceArg,
+    #[arg(long, value_enum, default_value_t = HostCoherence::Replay)]
+    pub host_coherence: HostCoherence,
     /// `--host-coherence replay`: a pool page with at least this many changed SPTEs in one
     /// replay is dropped by the host as a whole (one store) rather than entry by entry.
     #[arg(long, default_value_t = crate::kvm::DEFAULT_REPLAY_PAGE_ZAP_MIN as u64, value_parser = clap::value_parser!(u64).range(1..))]

@@ -11,8 +11,10 @@ mod run_kvm;
 mod run_sim;
 mod validate;
 
-pub use args::{Backend, HostCoherenceArg, WorkerArgs};
-pub use result::{LatencySummary, PolicyRecord, VcpuResult, Verdict, WorkerResult};
+pub use args::{Backend, HostCoherence, WorkerArgs};
+pub use shadowlab_schema::{
+    BackendStats, LatencySummary, PolicyRecord, VcpuResult, Verdict, WorkerResult, SCHEMA_VERSION,
+};
 
 use shadowlab_workloads::{Params, Workload, WorkloadError};
 

@@ -4,9 +4,12 @@ use std::time::Duration;
 
 use shadowlab_workloads::Workload;
 
-use super::args::HostCoherenceArg;
-use super::result::WorkerResult;
-use super::{Backend, WorkerArgs, WorkerError};
+use serde::{de::DeserializeOwned, Serialize};
+use shadowlab_schema::{BackendStats, KvmStats};
+
+use super::args::HostCoherence as HostCoherenceArg;
+use super::result::{add_vcpu, new_result};
+use super::{Backend, WorkerArgs, WorkerError, WorkerResult};
 use crate::kvm::{
     run_kvm_reports, run_native_reports, GuestParams, HostCoherence, KvmError, RunConfig,
 };
@@ -32,7 +35,7 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
         replay_page_zap_min: usize::try_from(args.replay_page_zap_min).unwrap_or(usize::MAX),
         ..RunConfig::default()
     };
-    let mut result = WorkerResult::new(args, workload, backend);
+    let mut result = new_result(args, workload, backend);
     let guest = GuestParams::workload(workload);
     let run = match backend {
         Backend::Native => run_native_reports(&config, &guest),
@@ -48,27 +51,58 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
         Err(e) => return Err(setup(e.to_string())),
     };
     result.elapsed_ns = run.elapsed_ns;
-    result.mmu = run.mmu_stats.clone();
     let mut failures = Vec::new();
+    match run.mmu_stats.as_ref().map(to_schema).transpose() {
+        Ok(mmu) => result.mmu = mmu,
+        Err(e) => failures.push(e),
+    }
     for v in &run.vcpus {
         match &v.outcome {
             Ok(done) => match &done.report {
-                Some(r) => result.add_vcpu(&r.to_report(), "tsc"),
+                Some(r) => add_vcpu(&mut result, &r.to_report(), "tsc"),
                 None => failures.push(format!("vCPU {}: DONE without a workload report", v.vcpu)),
             },
             Err(f) => failures.push(format!("vCPU {}: {f}", v.vcpu)),
         }
     }
-    result.backend_stats = serde_json::json!({
-        "host_cpus": run.host_cpus,
-        "oversubscribed": config.nr_vcpus > run.host_cpus,
-        "kvm_vm_stats": run.kvm_vm_stats,
-        "kvm_vcpu_stats": run.kvm_vcpu_stats,
-        "host_coherence_flushes": run.host_flushes,
-        "host_coherence": run.host_coherence,
-        "exits": run.vcpus.iter().map(|v| &v.exits).collect::<Vec<_>>(),
-        "fault_handling": run.vcpus.iter().map(|v| &v.fault_handling).collect::<Vec<_>>(),
-    });
+    let stats = (|| -> Result<KvmStats, String> {
+        Ok(KvmStats {
+            host_cpus: run.host_cpus,
+            oversubscribed: config.nr_vcpus > run.host_cpus,
+            kvm_vm_stats: run.kvm_vm_stats.clone(),
+            kvm_vcpu_stats: run.kvm_vcpu_stats.clone(),
+            host_coherence_flushes: run.host_flushes,
+            host_coherence: run.host_coherence.as_ref().map(to_schema).transpose()?,
+            exits: run
+                .vcpus
+                .iter()
+                .map(|v| to_schema(&v.exits))
+                .collect::<Result<_, _>>()?,
+            fault_handling: run
+                .vcpus
+                .iter()
+                .map(|v| to_schema(&v.fault_handling))
+                .collect::<Result<_, _>>()?,
+        })
+    })();
+    match stats {
+        Ok(s) => result.backend_stats = BackendStats::Kvm(Box::new(s)),
+        Err(e) => failures.push(e),
+    }
     result.conclude(failures);
     Ok(result)
+}
+
+/// Converts one of `kvm`'s report values into the schema's type of the same fields. `kvm/`
+/// keeps its own definitions while it is re-cut; once it uses `shadowlab_schema`'s, this goes.
+/// A mismatch is a failed run with the reason, never a panic.
+fn to_schema<T: Serialize, U: DeserializeOwned>(v: &T) -> Result<U, String> {
+    serde_json::to_value(v)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            format!(
+                "result schema: {} does not match: {e}",
+                std::any::type_name::<U>()
+            )
+        })
 }

@@ -1,9 +1,10 @@
 //! `--backend sim`.
 
+use shadowlab_schema::BackendStats;
 use shadowlab_workloads::{Run, Workload};
 
-use super::result::WorkerResult;
-use super::{Backend, WorkerArgs, WorkerError};
+use super::result::{add_vcpu, new_result};
+use super::{Backend, WorkerArgs, WorkerError, WorkerResult};
 use crate::sim::{self, SimConfig, SimError};
 
 /// Runs `workload` on the simulated backend with the build's policy.
@@ -14,7 +15,7 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
         ram_bytes: args.ram_mib << 20,
         pool_pages: args.pool_pages,
     };
-    let mut result = WorkerResult::new(args, workload, Backend::Sim);
+    let mut result = new_result(args, workload, Backend::Sim);
     let run = match sim::run(&cfg, |cpu| workload.run(cpu)) {
         Ok(run) => run,
         // The VM could not be built from these arguments: the user's problem, one line.
@@ -31,12 +32,12 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
         }
     };
     result.elapsed_ns = run.elapsed.as_nanos() as u64;
-    result.mmu = serde_json::to_value(run.mmu).ok();
-    result.backend_stats = serde_json::to_value(&run.cpus).unwrap_or_default();
+    result.mmu = Some(run.mmu);
+    result.backend_stats = BackendStats::Sim(run.cpus);
     let mut failures = Vec::new();
     for (vcpu, r) in run.results.iter().enumerate() {
         match r {
-            Ok(report) => result.add_vcpu(report, "ns"),
+            Ok(report) => add_vcpu(&mut result, report, "ns"),
             Err(e) => failures.push(format!("vCPU {vcpu}: {e}")),
         }
     }

@@ -1,0 +1,227 @@
+//! Building `shadowlab-vmm` once per policy, from the framework's cargo features, into a cache
+//! keyed by (commit, dirty-tree hash, policy): a second run of the same tree does not rebuild.
+//!
+//! `target/shadowlab-workers/<commit>-<dirty>/<policy>/shadowlab-vmm`, built in a cargo target
+//! directory of its own (`target/shadowlab-workers/cargo`) so that a policy build never
+//! replaces the default `target/release/shadowlab-vmm`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::DriverError;
+
+/// Where the tree stands: the commit, and a hash of what differs from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceState {
+    /// `git rev-parse HEAD`.
+    pub commit: String,
+    /// Uncommitted changes (tracked or untracked) exist.
+    pub dirty: bool,
+    /// sha256 of `git diff HEAD` and the untracked files' names and contents (first 16 hex
+    /// digits), or `clean`.
+    pub dirty_hash: String,
+}
+
+impl SourceState {
+    /// The cache key: `<commit 12>-<dirty hash>`.
+    pub fn key(&self) -> String {
+        format!(
+            "{}-{}",
+            &self.commit[..self.commit.len().min(12)],
+            self.dirty_hash
+        )
+    }
+}
+
+fn git(root: &Path, args: &[&str]) -> Result<Vec<u8>, DriverError> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .map_err(|e| DriverError::Git(format!("git {}: {e}", args.join(" "))))?;
+    if !out.status.success() {
+        return Err(DriverError::Git(format!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// The state of the source tree at `root`. `target/` and `bench-results/` are ignored by git
+/// (and so by this hash).
+pub fn source_state(root: &Path) -> Result<SourceState, DriverError> {
+    let commit = String::from_utf8_lossy(&git(root, &["rev-parse", "HEAD"])?)
+        .trim()
+        .to_string();
+    let diff = git(root, &["diff", "HEAD", "--binary"])?;
+    let untracked = git(root, &["ls-files", "--others", "--exclude-standard", "-z"])?;
+    let mut h = Sha256::new();
+    h.update(&diff);
+    let mut any_untracked = false;
+    for name in untracked.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        any_untracked = true;
+        h.update(name);
+        let path = root.join(String::from_utf8_lossy(name).as_ref());
+        if let Ok(bytes) = std::fs::read(&path) {
+            h.update(&bytes);
+        }
+    }
+    let dirty = !diff.is_empty() || any_untracked;
+    let dirty_hash = if dirty {
+        hex(&h.finalize())[..16].to_string()
+    } else {
+        "clean".into()
+    };
+    Ok(SourceState {
+        commit,
+        dirty,
+        dirty_hash,
+    })
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of the file at `path`.
+pub fn sha256_file(path: &Path) -> Result<String, DriverError> {
+    let bytes = std::fs::read(path).map_err(|source| DriverError::Io {
+        what: "read a worker binary",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(hex(&Sha256::digest(&bytes)))
+}
+
+/// One worker binary of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinaryRecord {
+    /// The policy it was built with (from its own `--version`).
+    pub policy: String,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its sha256.
+    pub sha256: String,
+    /// Built by this run (false: taken from the cache, or given with `--worker`).
+    pub built_now: bool,
+}
+
+/// The cached binary of `policy` for `state` under `root`.
+pub fn cached_path(root: &Path, state: &SourceState, policy: &str) -> PathBuf {
+    root.join("target/shadowlab-workers")
+        .join(state.key())
+        .join(policy)
+        .join("shadowlab-vmm")
+}
+
+/// The binary of `policy`: from the cache, or built now with
+/// `cargo build --release -p shadowlab-framework --bin shadowlab-vmm --no-default-features
+/// --features policy-<policy>` and copied into the cache.
+pub fn worker_binary(
+    root: &Path,
+    state: &SourceState,
+    policy: &str,
+    log: &mut dyn FnMut(&str),
+) -> Result<BinaryRecord, DriverError> {
+    let dest = cached_path(root, state, policy);
+    let built_now = !dest.exists();
+    if built_now {
+        log(&format!("building shadowlab-vmm with policy-{policy} ..."));
+        let target = root.join("target/shadowlab-workers/cargo");
+        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(root)
+            .env("CARGO_TARGET_DIR", &target)
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "shadowlab-framework",
+                "--bin",
+                "shadowlab-vmm",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("policy-{policy}"))
+            .status()
+            .map_err(|e| DriverError::Build {
+                policy: policy.into(),
+                reason: e.to_string(),
+            })?;
+        if !status.success() {
+            return Err(DriverError::Build {
+                policy: policy.into(),
+                reason: format!("cargo exited with {status}"),
+            });
+        }
+        let dir = dest.parent().expect("the cache path has a parent");
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DriverError::Io { what, path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io("create the worker cache", dir))?;
+        // Copy to a temporary name, then rename: a cache entry is whole or absent, also when
+        // shards on one host (Slurm array tasks) build the same policy at once.
+        let tmp = dir.join(format!(".shadowlab-vmm.{}.tmp", std::process::id()));
+        std::fs::copy(target.join("release/shadowlab-vmm"), &tmp)
+            .map_err(io("copy a built worker", &tmp))?;
+        std::fs::rename(&tmp, &dest).map_err(io("cache a built worker", &dest))?;
+    }
+    checked(policy, &dest, built_now)
+}
+
+/// The record of the binary at `path`, after checking that it was built with `policy`.
+pub fn checked(policy: &str, path: &Path, built_now: bool) -> Result<BinaryRecord, DriverError> {
+    let actual = crate::worker::policy_of(path)?;
+    if actual != policy {
+        return Err(DriverError::WrongPolicy {
+            path: path.to_path_buf(),
+            want: policy.into(),
+            actual,
+        });
+    }
+    Ok(BinaryRecord {
+        policy: policy.into(),
+        path: path.to_path_buf(),
+        sha256: sha256_file(path)?,
+        built_now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_key_names_commit_and_dirt() {
+        let s = SourceState {
+            commit: "85d603c0123456789abcdef".into(),
+            dirty: true,
+            dirty_hash: "00ff00ff00ff00ff".into(),
+        };
+        assert_eq!(
+            cached_path(Path::new("/r"), &s, "always-lock"),
+            Path::new("/r/target/shadowlab-workers/85d603c01234-00ff00ff00ff00ff/always-lock/shadowlab-vmm")
+        );
+    }
+
+    #[test]
+    fn this_tree_has_a_state() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let s = source_state(root).unwrap();
+        assert_eq!(s.commit.len(), 40);
+        assert_eq!(s.dirty, s.dirty_hash != "clean");
+        assert_eq!(
+            s,
+            source_state(root).unwrap(),
+            "the state is a pure function of the tree"
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! The result schema of one `shadowlab-vmm` run: ONE definition, which the worker serialises to
+//! its single JSON line and the driver (`shadowlab run`) deserialises. The crate depends on serde
+//! only (clap behind a feature, for the worker's `--backend`); it knows nothing of the MMU or the
+//! backends, which fill these structs in.
+//!
+//! Changing a field's meaning or removing one bumps [`SCHEMA_VERSION`]; the driver refuses a
+//! result whose version it does not know.
+
+mod kvm;
+mod mmu;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use kvm::{ExitCounts, FaultTiming, HostCoherence, HostCoherenceStats, KvmStats};
+pub use mmu::{LockStats, MmuStats, SimCpuStats};
+
+/// The version of this schema, written in every result as `schema_version`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Which backend runs the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Software vCPUs on threads, walking our shadow tables with a software TLB.
+    Sim,
+    /// Real vCPUs on /dev/kvm, CR3 always one of our shadow roots.
+    Kvm,
+    /// Real vCPUs on /dev/kvm on the guest's own page tables: the host kernel's shadow MMU.
+    Native,
+}
+
+impl Backend {
+    /// Every backend, in a fixed order.
+    pub const ALL: [Backend; 3] = [Backend::Sim, Backend::Kvm, Backend::Native];
+
+    /// The command-line and JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sim => "sim",
+            Backend::Kvm => "kvm",
+            Backend::Native => "native",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownBackend(pub String);
+
+impl fmt::Display for UnknownBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown backend '{}' (expected one of: sim, kvm, native)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownBackend {}
+
+impl FromStr for Backend {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| UnknownBackend(s.into()))
+    }
+}
+
+/// The policy a binary was built with, as recorded in every result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// `rmb-fence`, ...
+    pub name: String,
+    /// The cargo feature that selected it.
+    pub feature: String,
+    /// `sound`, `arch-dependent` or `UNSOUND`.
+    pub soundness: String,
+    /// Whether it reads the unsync flags without the MMU lock.
+    pub lockless: bool,
+}
+
+/// Did the guest's own self-checks pass?
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every vCPU finished, every self-check passed, and the op count is the one the
+    /// parameters imply.
+    Pass,
+    /// Something failed: see `failure`.
+    Fail,
+}
+
+/// Percentiles of a per-op latency histogram (log-linear buckets: each value is within 1.6% of
+/// the true quantile), in the backend's timestamp unit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// The unit of the values (`ns` on sim, `tsc` in a guest).
+    pub unit: String,
+    /// Samples recorded.
+    pub samples: u64,
+    /// Exact mean.
+    pub mean: Option<u64>,
+    /// Exact minimum.
+    pub min: Option<u64>,
+    /// Exact maximum.
+    pub max: Option<u64>,
+    /// 50th percentile.
+    pub p50: Option<u64>,
+    /// 90th percentile.
+    pub p90: Option<u64>,
+    /// 99th percentile.
+    pub p99: Option<u64>,
+}
+
+/// One vCPU's part of the run: the workload's report, as the guest counted it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuResult {
+    /// The vCPU.
+    pub vcpu: usize,
+    /// Operations done.
+    pub ops: u64,
+    /// Self-checks passed.
+    pub checks: u64,
+    /// PTE stores through the direct map.
+    pub pte_writes: u64,
+    /// CR3 loads.
+    pub cr3_loads: u64,
+    /// INVLPGs.
+    pub invlpgs: u64,
+    /// Full TLB flushes.
+    pub tlb_flushes: u64,
+    /// No-op hypercalls.
+    pub hypercalls: u64,
+    /// Per-op latency.
+    pub latency: LatencySummary,
+}
+
+/// The parameters the workload ran with (defaults resolved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamsRecord {
+    /// Iterations.
+    pub iters: u64,
+    /// Seed.
+    pub seed: u64,
+    /// Size knob.
+    pub size: u64,
+}
+
+/// Backend-specific counters. Serialised without a tag, as the bare value: the result's
+/// `backend` field says which it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BackendStats {
+    /// `sim`: each vCPU's software-TLB counters.
+    Sim(Vec<SimCpuStats>),
+    /// `kvm` and `native`: KVM's binary stats, exits, fault handling, host coherence.
+    Kvm(Box<KvmStats>),
+    /// The run failed before the backend could count (`null`).
+    #[default]
+    None,
+}
+
+/// One run, as printed on stdout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerResult {
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    /// `shadowlab-vmm <version>`.
+    pub worker: String,
+    /// The build's policy.
+    pub policy: PolicyRecord,
+    /// The backend.
+    pub backend: Backend,
+    /// The workload's name.
+    pub workload: String,
+    /// vCPUs.
+    pub vcpus: usize,
+    /// The workload's parameters.
+    pub params: ParamsRecord,
+    /// Guest RAM, MiB.
+    pub ram_mib: u64,
+    /// Shadow pool, pages.
+    pub pool_pages: u64,
+    /// Pass or fail.
+    pub verdict: Verdict,
+    /// Why it failed (the guest's message), if it did.
+    pub failure: Option<String>,
+    /// Operations done, all vCPUs.
+    pub ops: u64,
+    /// Operations the parameters imply, all vCPUs.
+    pub expected_ops: u64,
+    /// Wall-clock time of the guest part of the run, ns.
+    pub elapsed_ns: u64,
+    /// Each vCPU's report (empty if the run failed before any finished).
+    pub per_vcpu: Vec<VcpuResult>,
+    /// Every shadow-MMU counter (`sim` and `kvm`; `native` has none of ours).
+    pub mmu: Option<MmuStats>,
+    /// Backend-specific counters.
+    pub backend_stats: BackendStats,
+}
+
+impl WorkerResult {
+    /// Sets the verdict: `pass` only if no vCPU failed and the op count is the one the
+    /// parameters imply; otherwise `fail` with every reason joined.
+    pub fn conclude(&mut self, mut failures: Vec<String>) {
+        if failures.is_empty() && self.ops != self.expected_ops {
+            failures.push(format!(
+                "op count {} differs from the {} the parameters imply",
+                self.ops, self.expected_ops
+            ));
+        }
+        if failures.is_empty() {
+            self.verdict = Verdict::Pass;
+        } else {
+            self.verdict = Verdict::Fail;
+            self.failure = Some(failures.join("; "));
+        }
+    }
+
+    /// Per-op time in ns: wall-clock time of the guest part over the operations done (`None`
+    /// for a run that did none).
+    pub fn ns_per_op(&self) -> Option<f64> {
+        (self.ops > 0 && self.elapsed_ns > 0).then(|| self.elapsed_ns as f64 / self.ops as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(backend: Backend, stats: BackendStats) -> WorkerResult {
+        WorkerResult {
+            schema_version: SCHEMA_VERSION,
+            worker: "shadowlab-vmm 0.1.0".into(),
+            policy: PolicyRecord {
+                name: "rmb-fence".into(),
+                feature: "policy-rmb-fence".into(),
+                soundness: "sound".into(),
+                lockless: true,
+            },
+            backend,
+            workload: "cr3-switch".into(),
+            vcpus: 1,
+            params: ParamsRecord {
+                iters: 10,
+                seed: 1,
+                size: 4,
+            },
+            ram_mib: 64,
+            pool_pages: 4096,
+            verdict: Verdict::Fail,
+            failure: None,
+            ops: 10,
+            expected_ops: 10,
+            elapsed_ns: 2000,
+            per_vcpu: vec![],
+            mmu: Some(MmuStats {
+                faults: 3,
+                lock: LockStats {
+                    read_acquisitions: 2,
+                    ..LockStats::default()
+                },
+                ..MmuStats::default()
+            }),
+            backend_stats: stats,
+        }
+    }
+
+    #[test]
+    fn every_backend_stats_shape_round_trips() {
+        for (b, s) in [
+            (
+                Backend::Sim,
+                BackendStats::Sim(vec![SimCpuStats {
+                    tlb_hits: 7,
+                    ..SimCpuStats::default()
+                }]),
+            ),
+            (
+                Backend::Kvm,
+                BackendStats::Kvm(Box::new(KvmStats {
+                    host_cpus: 2,
+                    host_coherence: Some(HostCoherenceStats {
+                        mode: HostCoherence::CycleSlot,
+                        flushes: 4,
+                        ..HostCoherenceStats::default()
+                    }),
+                    exits: vec![ExitCounts {
+                        nop: 9,
+                        ..ExitCounts::default()
+                    }],
+                    ..KvmStats::default()
+                })),
+            ),
+            (Backend::Native, BackendStats::None),
+        ] {
+            let r = result(b, s);
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<WorkerResult>(&json).unwrap(), r);
+        }
+        let json = serde_json::to_string(&result(Backend::Native, BackendStats::None)).unwrap();
+        assert!(json.contains(r#""backend_stats":null"#), "{json}");
+        assert!(json.contains(r#""schema_version":1"#), "{json}");
+    }
+
+    #[test]
+    fn conclude_needs_the_implied_op_count() {
+        let mut r = result(Backend::Sim, BackendStats::None);
+        r.conclude(vec![]);
+        assert_eq!(r.verdict, Verdict::Pass);
+        let mut r = result(Backend::Sim, BackendStats::None);
+        r.ops = 9;
+        r.conclude(vec![]);
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert_eq!(
+            r.failure.as_deref(),
+            Some("op count 9 differs from the 10 the parameters imply")
+        );
+        assert_eq!(r.ns_per_op(), Some(2000.0 / 9.0));
+    }
+
+    #[test]
+    fn backend_names_parse_back() {
+        for b in Backend::ALL {
+            assert_eq!(b.name().parse::<Backend>(), Ok(b));
+        }
+        assert_eq!(
+            "tcg".parse::<Backend>().unwrap_err().to_string(),
+            "unknown backend 'tcg' (expected one of: sim, kvm, native)"
+        );
+    }
+}
