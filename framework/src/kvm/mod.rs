@@ -49,6 +49,7 @@
 //!   workloads are bound by that, not by the flushes.
 
 pub mod boot;
+pub mod config;
 pub mod elf;
 pub mod emulate;
 pub mod error;
@@ -59,6 +60,7 @@ pub mod hostmem;
 pub mod kick;
 pub mod layout;
 pub mod monitor;
+pub mod native;
 pub mod report;
 pub mod run;
 pub mod shadow;
@@ -68,15 +70,15 @@ pub mod vcpu;
 pub mod vm;
 
 pub use boot::GuestParams;
+pub use config::{
+    FaultInjection, HostCoherence, HypercallPath, RunConfig, DEFAULT_REPLAY_PAGE_ZAP_MIN,
+};
 pub use error::KvmError;
 pub use hooks::{FaultOutcome, GuestContext, HookError, MmuHooks, NativeMmu};
 pub use kick::{make_all_cpus_request, new_kicks, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
-pub use report::{FailureKind, GuestFailure, RunResult, VcpuReport};
-pub use run::{
-    run_native, run_native_reports, run_native_with, FaultInjection, HostCoherence, HypercallPath,
-    RunConfig, DEFAULT_REPLAY_PAGE_ZAP_MIN,
-};
-pub use shadow::{run_kvm, run_kvm_reports, HostCoherenceStats};
+pub use native::{run_native, run_native_reports, run_native_with};
+pub use report::{FailureKind, GuestFailure, HostCoherenceStats, RunResult, VcpuReport};
+pub use shadow::{run_kvm, run_kvm_reports};
 pub use shadowlab_guest_abi::program;
 
 /// Why `/dev/kvm` cannot be used here, or `None` if it can (opened and API version 12).

@@ -38,14 +38,15 @@ use shadowlab_guest_abi::GuestMode;
 use shadowlab_policies::SyncPolicy;
 
 use super::boot::{self, GuestParams};
+use super::config::{FaultInjection, HostCoherence, RunConfig};
 use super::elf::ElfImage;
 use super::error::KvmError;
 use super::guest_image::GUEST_ELF;
 use super::hooks::{FaultOutcome, GuestContext, HookError, MmuHooks};
 use super::kick::{new_kicks, VcpuKick};
 use super::monitor;
-use super::report::RunResult;
-use super::run::{first_failure, run_vm, Backend, FaultInjection, HostCoherence, RunConfig};
+use super::report::{HostCoherenceStats, RunResult};
+use super::run::{first_failure, run_vm, Backend};
 use super::vm::{MappedRam, Vm};
 use crate::mem::{FrameMap, GuestMemory, MemConfig};
 use crate::mmu::{self, Access, Mmu, VcpuMmu, KVM_REQ_MMU_RELOAD, KVM_REQ_TLB_FLUSH};
@@ -80,32 +81,6 @@ impl RunGate {
     fn leave(&self) {
         self.in_run.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// What the `kvm` backend did to keep the host coherent with its SPTE changes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct HostCoherenceStats {
-    /// The mechanism.
-    pub mode: HostCoherence,
-    /// `KVM_REQ_TLB_FLUSH` requests handled with a host flush (a replay or a slot cycle).
-    pub flushes: u64,
-    /// Pool memslot cycles ([`HostCoherence::CycleSlot`]).
-    pub slot_cycles: u64,
-    /// Runs of the monitor's replay routine ([`HostCoherence::Replay`]), including those that
-    /// only reloaded CR3.
-    pub replay_runs: u64,
-    /// Of those, runs that only reloaded CR3 (the log was empty: another vCPU had replayed it).
-    pub cr3_only_runs: u64,
-    /// Changed SPTEs the replay routine made the host see.
-    pub sptes_replayed: u64,
-    /// Pool pages the host was made to drop whole (at least `replay_page_zap_min` changed
-    /// SPTEs in one replay), one store each.
-    pub pages_replayed: u64,
-    /// Stores the replay routine made.
-    pub replay_stores: u64,
-    /// Wall-clock time spent in host flushes (replays with their context switches, or slot
-    /// cycles with the parking), summed over vCPUs, in ns.
-    pub flush_ns: u64,
 }
 
 /// The replay routine's entries (monitor VAs) for `log` (sorted SPTE addresses of a pool at
