@@ -12,19 +12,20 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::VcpuExit;
 use shadowlab_framework::kvm::boot::{self, GuestParams};
 use shadowlab_framework::kvm::elf::ElfImage;
 use shadowlab_framework::kvm::exit::ExitState;
 use shadowlab_framework::kvm::guest_image::GUEST_ELF;
 use shadowlab_framework::kvm::vcpu::{step, Shared};
+use shadowlab_framework::kvm::vcpu_fd::Vcpu;
 use shadowlab_framework::kvm::vm::{DirectRam, Vm};
 use shadowlab_framework::kvm::{
     kvm_unavailable_reason, new_kicks, program, HypercallPath, NativeMmu,
 };
 use shadowlab_guest_abi::GuestMode;
 
-fn setup() -> (Vm, VcpuFd) {
+fn setup() -> (Vm, Vcpu) {
     let vm = Vm::new(64 << 20, 1).expect("VM");
     let image = ElfImage::parse(GUEST_ELF).expect("guest ELF");
     let params = GuestParams::builtin(program::NOP_LOOP, u64::MAX);
@@ -56,9 +57,7 @@ fn exit_floor(c: &mut Criterion) {
     let mut st = ExitState::new(0);
     // Warm up past the guest's boot (its first ucalls) into the NOP loop.
     for _ in 0..1000 {
-        assert!(step(&mut vcpu, 0, &shared, &mut st)
-            .expect("step")
-            .is_none());
+        assert!(step(&mut vcpu, &shared, &mut st).expect("step").is_none());
     }
 
     let mut g = c.benchmark_group("exit_floor");
@@ -68,7 +67,7 @@ fn exit_floor(c: &mut Criterion) {
             let t = Instant::now();
             for _ in 0..n {
                 match vcpu.run() {
-                    Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::IoOut(..)) => {}
+                    Ok(Some(VcpuExit::MmioWrite(..) | VcpuExit::IoOut(..))) => {}
                     other => panic!("unexpected exit {other:?}"),
                 }
             }
@@ -79,7 +78,7 @@ fn exit_floor(c: &mut Criterion) {
         b.iter_custom(|n| {
             let t = Instant::now();
             for _ in 0..n {
-                if let Some(o) = step(&mut vcpu, 0, &shared, &mut st).expect("step") {
+                if let Some(o) = step(&mut vcpu, &shared, &mut st).expect("step") {
                     panic!("the NOP loop stopped: {o:?}");
                 }
             }

@@ -87,7 +87,7 @@ fn probe(after: After) -> Result<[u64; 4], String> {
     let mem = DirectRam(ram);
     loop {
         let (port, value) = match vcpu.run().map_err(|e| e.to_string())? {
-            VcpuExit::MmioWrite(gpa, d) if gpa >= HYPERCALL_MMIO_GPA && d.len() == 4 => (
+            Some(VcpuExit::MmioWrite(gpa, d)) if gpa >= HYPERCALL_MMIO_GPA && d.len() == 4 => (
                 (gpa - HYPERCALL_MMIO_GPA) as u16,
                 u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
             ),

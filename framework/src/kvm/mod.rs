@@ -59,6 +59,7 @@ pub mod hooks;
 pub mod hostmem;
 pub mod kick;
 pub mod layout;
+pub mod memslot;
 pub mod monitor;
 pub mod native;
 pub mod report;
@@ -67,6 +68,7 @@ pub mod shadow;
 pub mod stats;
 pub mod ucall;
 pub mod vcpu;
+pub mod vcpu_fd;
 pub mod vm;
 
 pub use boot::GuestParams;
@@ -74,7 +76,7 @@ pub use config::{
     FaultInjection, HostCoherence, HypercallPath, RunConfig, DEFAULT_REPLAY_PAGE_ZAP_MIN,
 };
 pub use error::KvmError;
-pub use hooks::{FaultOutcome, GuestContext, HookError, MmuHooks, NativeMmu};
+pub use hooks::{GuestContext, HookError, MmuHooks, NativeMmu, PfAction};
 pub use kick::{make_all_cpus_request, new_kicks, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
 pub use native::{run_native, run_native_reports, run_native_with};
 pub use report::{FailureKind, GuestFailure, HostCoherenceStats, RunResult, VcpuReport};

@@ -307,7 +307,7 @@ pub fn finish_replay(mon: &MemRegion, vcpu: usize) -> Result<(), MonitorError> {
 }
 
 /// A monitor set-up step that failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MonitorError {
     /// The pool does not fit the monitor's pool mapping.
     #[error("shadow pool of {pool_bytes} bytes does not fit the monitor's mapping (4 GiB)")]

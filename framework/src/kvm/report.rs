@@ -5,7 +5,10 @@ use std::fmt;
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use super::config::HostCoherence;
+use super::hooks::HookError;
 use super::monitor::ExceptionFrame;
 
 /// The guest's registers at a failure.
@@ -111,12 +114,17 @@ pub enum FailureKind {
         /// Milliseconds allowed.
         millis: u64,
     },
-    /// The MMU hook reported a VMM-side error.
-    Mmu(String),
+    /// The MMU hook reported a VMM-side error (shared: a failure report is cloned into the
+    /// run's error; serialised as its message).
+    Mmu(#[serde(serialize_with = "as_message")] Arc<HookError>),
     /// Stopped because another vCPU failed first.
     Stopped(String),
     /// A store to a guest page table that cannot be emulated (not a MOV-family store).
     Emulation(String),
+}
+
+fn as_message<S: serde::Serializer>(e: &Arc<HookError>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(e)
 }
 
 /// A vCPU's failure, with its registers and last ucall message.

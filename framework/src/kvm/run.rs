@@ -80,17 +80,14 @@ where
     let mut vcpus = Vec::with_capacity(n);
     let mut vcpu_stats = Vec::with_capacity(n);
     for (i, boot) in plan.vcpus.iter().enumerate() {
-        let fd = vm.create_vcpu(i, plan.entry, boot, cr3s[i])?;
+        let vcpu = vm.create_vcpu(i, plan.entry, boot, cr3s[i])?;
         if config.inject == Some(FaultInjection::NoIdt) {
-            let mut s = fd
-                .get_sregs()
-                .map_err(|source| KvmError::GetSregs { vcpu: i, source })?;
+            let mut s = vcpu.get_sregs()?;
             s.idt.limit = 0;
-            fd.set_sregs(&s)
-                .map_err(|source| KvmError::SetSregs { vcpu: i, source })?;
+            vcpu.set_sregs(&s)?;
         }
-        vcpu_stats.push(StatsFd::open(&fd).ok());
-        vcpus.push(fd);
+        vcpu_stats.push(StatsFd::open(vcpu.fd()).ok());
+        vcpus.push(vcpu);
     }
     let vm_stats = StatsFd::open(vm.fd()).ok();
     let vm_before = vm_stats.as_ref().and_then(|s| s.snapshot().ok());
@@ -112,13 +109,13 @@ where
     let reports = std::thread::scope(|s| -> Result<Vec<VcpuReport>, KvmError> {
         let (tx, rx) = mpsc::channel::<usize>();
         let mut handles = Vec::with_capacity(n);
-        for (i, fd) in vcpus.into_iter().enumerate() {
+        for (i, vcpu) in vcpus.into_iter().enumerate() {
             let tx = tx.clone();
             let shared = &shared;
             let h = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))
                 .spawn_scoped(s, move || {
-                    let r = run_vcpu(fd, i, shared);
+                    let r = run_vcpu(vcpu, shared);
                     let _ = tx.send(i);
                     r
                 })

@@ -42,7 +42,7 @@ use super::config::{FaultInjection, HostCoherence, RunConfig};
 use super::elf::ElfImage;
 use super::error::KvmError;
 use super::guest_image::GUEST_ELF;
-use super::hooks::{FaultOutcome, GuestContext, HookError, MmuHooks};
+use super::hooks::{GuestContext, HookError, MmuHooks, PfAction};
 use super::kick::{new_kicks, VcpuKick};
 use super::monitor;
 use super::report::{HostCoherenceStats, RunResult};
@@ -126,10 +126,6 @@ pub struct ShadowHooks<'a, P: SyncPolicy> {
     replay_without_stores: bool,
     flush_ns: AtomicU64,
     skip_host_flush: bool,
-}
-
-fn hook_err(e: impl std::fmt::Display) -> HookError {
-    HookError(e.to_string())
 }
 
 impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
@@ -237,12 +233,10 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
         let start = Instant::now();
         let result = loop {
             if self.gate.in_run.load(Ordering::SeqCst) == 0 {
-                break self.vm.cycle_pool_slot().map_err(hook_err);
+                break self.vm.cycle_pool_slot().map_err(HookError::from);
             }
             if start.elapsed() > PARK_TIMEOUT {
-                break Err(HookError(
-                    "vCPUs did not leave KVM_RUN for a host flush".into(),
-                ));
+                break Err(HookError::ParkTimeout);
             }
             for (i, k) in self.kicks.iter().enumerate() {
                 if i != me {
@@ -258,28 +252,22 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
 }
 
 impl<P: SyncPolicy> MmuHooks for ShadowHooks<'_, P> {
-    fn page_fault(
-        &self,
-        vcpu: usize,
-        gva: u64,
-        error_code: u64,
-    ) -> Result<FaultOutcome, HookError> {
+    fn page_fault(&self, vcpu: usize, gva: u64, error_code: u64) -> Result<PfAction, HookError> {
         let mut v = self.v(vcpu);
         match self
             .mmu
-            .page_fault(&mut v, gva, Access::from_pfec(error_code as u32))
-            .map_err(hook_err)?
+            .page_fault(&mut v, gva, Access::from_pfec(error_code as u32))?
         {
             // Retry: the requests it left are handled before re-entry, then the access re-runs.
-            mmu::FaultOutcome::Fixed | mmu::FaultOutcome::Retry => Ok(FaultOutcome::Fixed),
-            mmu::FaultOutcome::GuestFault(_) => Ok(FaultOutcome::GuestFault),
-            mmu::FaultOutcome::Emulate { gpa } => Ok(FaultOutcome::Emulate { gpa }),
+            mmu::FaultOutcome::Fixed | mmu::FaultOutcome::Retry => Ok(PfAction::Fixed),
+            mmu::FaultOutcome::GuestFault(_) => Ok(PfAction::GuestFault),
+            mmu::FaultOutcome::Emulate { gpa } => Ok(PfAction::Emulate { gpa }),
         }
     }
 
     fn load_cr3(&self, vcpu: usize, root: u64) -> Result<Option<u64>, HookError> {
         let mut v = self.v(vcpu);
-        self.mmu.kvm_mmu_new_pgd(&mut v, root).map_err(hook_err)?;
+        self.mmu.kvm_mmu_new_pgd(&mut v, root)?;
         Ok(v.root_hpa())
     }
 
@@ -295,9 +283,9 @@ impl<P: SyncPolicy> MmuHooks for ShadowHooks<'_, P> {
 
     fn emulated_write(&self, vcpu: usize, gpa: u64, value: u64, len: u8) -> Result<(), HookError> {
         let bytes = value.to_le_bytes();
-        self.mmu
-            .emulate_write(&self.v(vcpu), gpa, &bytes[..len as usize])
-            .map_err(hook_err)
+        Ok(self
+            .mmu
+            .emulate_write(&self.v(vcpu), gpa, &bytes[..len as usize])?)
     }
 
     fn flush_before_entry(&self, _vcpu: usize) -> Result<Option<u64>, HookError> {
@@ -318,7 +306,7 @@ impl<P: SyncPolicy> MmuHooks for ShadowHooks<'_, P> {
             }
             if req & KVM_REQ_MMU_RELOAD != 0 {
                 let mut v = self.v(vcpu);
-                self.mmu.kvm_mmu_reload(&mut v).map_err(hook_err)?;
+                self.mmu.kvm_mmu_reload(&mut v)?;
                 cr3 = v.root_hpa();
             }
             if req & KVM_REQ_TLB_FLUSH != 0 && !self.skip_host_flush {
