@@ -19,7 +19,7 @@ use shadowlab_framework::kvm::exit::ExitState;
 use shadowlab_framework::kvm::guest_image::GUEST_ELF;
 use shadowlab_framework::kvm::vcpu::{step, Shared};
 use shadowlab_framework::kvm::vcpu_fd::Vcpu;
-use shadowlab_framework::kvm::vm::{DirectRam, Vm};
+use shadowlab_framework::kvm::vm::Vm;
 use shadowlab_framework::kvm::{
     kvm_unavailable_reason, new_kicks, program, HypercallPath, NativeMmu,
 };
@@ -45,9 +45,8 @@ fn exit_floor(c: &mut Criterion) {
     let (vm, mut vcpu) = setup();
     let kicks = new_kicks(1);
     let timed_out = AtomicBool::new(false);
-    let mem = DirectRam(vm.ram());
     let shared = Shared {
-        mem: &mem,
+        mem: vm.ram(),
         monitor: vm.monitor(),
         mmu: &NativeMmu,
         kicks: &kicks,

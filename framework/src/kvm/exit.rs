@@ -7,7 +7,8 @@ use super::emulate::{decode_store, Gprs};
 use super::hooks::{MmuHooks, PfAction};
 use super::monitor::ExceptionFrame;
 use super::report::{Done, ExitCounts, FailureKind, WorkloadReport};
-use super::ucall::{self, GuestPhys, Ucall, UcallError};
+use super::ucall::{self, Ucall, UcallError};
+use crate::mem::GuestPhys;
 use crate::mem::MemError;
 
 /// Page-fault vector.
@@ -352,7 +353,8 @@ mod tests {
     use super::*;
     use crate::kvm::hooks::{HookError, NativeMmu};
     use crate::kvm::hostmem::new_region;
-    use crate::kvm::ucall::tests::{put, Ram};
+    use crate::kvm::ucall::tests::put;
+    use crate::mem::MemRegion;
     use crate::mmu::MmuError;
     use shadowlab_guest_abi::{UcallCmd, EXCEPTION_PORT, UCALL_OFF_RET};
 
@@ -398,14 +400,14 @@ mod tests {
         }
     }
 
-    fn ram() -> Ram {
-        Ram(new_region(1 << 20).unwrap())
+    fn ram() -> MemRegion {
+        new_region(1 << 20).unwrap()
     }
 
     /// Places a ucall with no text at 0x4000 and handles its exit.
     fn ucall<H: MmuHooks + ?Sized>(
         st: &mut ExitState,
-        ram: &Ram,
+        ram: &MemRegion,
         mmu: &H,
         cmd: u64,
         args: [u64; 6],
@@ -415,8 +417,8 @@ mod tests {
     }
 
     /// The status the VMM wrote back into the ucall at 0x4000.
-    fn ucall_status(ram: &Ram) -> u64 {
-        ram.0.read_u64(0x4000 + UCALL_OFF_RET).unwrap()
+    fn ucall_status(ram: &MemRegion) -> u64 {
+        ram.read_u64(0x4000 + UCALL_OFF_RET).unwrap()
     }
 
     fn ucall_exit(gpa: u32) -> DecodedExit {
@@ -500,8 +502,7 @@ mod tests {
         let ram = ram();
         let mut st = ExitState::new(0);
         for i in 0..TOTAL as u64 {
-            ram.0
-                .write_u64(0x8000 + 8 * i, if i as usize == OPS { 77 } else { i })
+            ram.write_u64(0x8000 + 8 * i, if i as usize == OPS { 77 } else { i })
                 .unwrap();
         }
         let len = (TOTAL * 8) as u64;

@@ -23,7 +23,7 @@ use shadowlab_guest_abi::{EXCEPTION_PORT, MAX_VCPUS};
 use shadowlab_workloads::layout::{pte, MONITOR_BASE};
 
 use super::layout::MONITOR_GPA;
-use super::ucall::GuestPhys;
+use crate::mem::GuestPhys;
 use crate::mem::{MemError, MemRegion};
 
 /// Offset of the GDT.

@@ -11,8 +11,8 @@ use super::guest_image::GUEST_ELF;
 use super::hooks::{MmuHooks, NativeMmu};
 use super::kick::{self, VcpuKick};
 use super::report::RunResult;
-use super::run::{first_failure, run_vm, Backend};
-use super::vm::{DirectRam, Vm};
+use super::run::{first_failure, run_vm, RunParts};
+use super::vm::Vm;
 
 /// Runs the guest in `native` mode: its own page tables in CR3, the host's MMU doing the
 /// shadowing. `Ok` only if every vCPU reported DONE; a guest failure is
@@ -51,13 +51,12 @@ pub fn run_native_with<H: MmuHooks + ?Sized>(
         mmio,
     )?;
     let roots: Vec<u64> = plan.vcpus.iter().map(|v| v.boot_root).collect();
-    let mem = DirectRam(vm.ram());
-    let backend = Backend {
+    let parts = RunParts {
         cr3s: &roots,
-        mem: &mem,
+        mem: vm.ram(),
         mmu,
         kicks,
-        name: "native",
+        mode: GuestMode::Native,
     };
-    run_vm(&vm, config, &plan, backend)
+    run_vm(&vm, config, &plan, parts)
 }

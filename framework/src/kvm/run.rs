@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use shadowlab_guest_abi::GuestMode;
+
 use super::boot;
 use super::config::{FaultInjection, RunConfig};
 use super::error::KvmError;
@@ -33,8 +35,8 @@ pub fn first_failure(result: &RunResult) -> Result<(), KvmError> {
     }
 }
 
-/// What a backend brings to [`run_vm`].
-pub struct Backend<'a, M: ?Sized, H: ?Sized> {
+/// What a mode (`native` or the shadow MMU) brings to [`run_vm`].
+pub struct RunParts<'a, M: ?Sized, H: ?Sized> {
     /// The hardware CR3 each vCPU starts on (the guest's boot roots in `native`, shadow roots
     /// in `kvm`).
     pub cr3s: &'a [u64],
@@ -44,8 +46,8 @@ pub struct Backend<'a, M: ?Sized, H: ?Sized> {
     pub mmu: &'a H,
     /// Each vCPU's kick state.
     pub kicks: &'a [VcpuKick],
-    /// Its name in results.
-    pub name: &'static str,
+    /// The mode: its name in results (`native`, or `kvm` for the shadow MMU).
+    pub mode: GuestMode,
 }
 
 /// Creates the vCPUs, runs them to the end under the watchdog, and reports. Generic over the
@@ -54,20 +56,20 @@ pub fn run_vm<M, H>(
     vm: &Vm,
     config: &RunConfig,
     plan: &boot::BootPlan,
-    backend: Backend<'_, M, H>,
+    parts: RunParts<'_, M, H>,
 ) -> Result<RunResult, KvmError>
 where
-    M: super::ucall::GuestPhys + Sync + ?Sized,
+    M: crate::mem::GuestPhys + Sync + ?Sized,
     H: MmuHooks + ?Sized,
 {
     kick::install_handler().map_err(KvmError::SignalHandler)?;
-    let Backend {
+    let RunParts {
         cr3s,
         mem,
         mmu,
         kicks,
-        name: backend,
-    } = backend;
+        mode,
+    } = parts;
     let n = config.nr_vcpus;
     if kicks.len() != n || plan.vcpus.len() != n || cr3s.len() != n {
         return Err(KvmError::Config(format!(
@@ -170,7 +172,10 @@ where
         }
     }
     Ok(RunResult {
-        backend,
+        backend: match mode {
+            GuestMode::Native => "native",
+            GuestMode::Shadow => "kvm",
+        },
         nr_vcpus: n,
         host_cpus: std::thread::available_parallelism()
             .map(|p| p.get())

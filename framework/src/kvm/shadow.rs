@@ -46,8 +46,8 @@ use super::hooks::{GuestContext, HookError, MmuHooks, PfAction};
 use super::kick::{new_kicks, VcpuKick};
 use super::monitor;
 use super::report::{HostCoherenceStats, RunResult};
-use super::run::{first_failure, run_vm, Backend};
-use super::vm::{MappedRam, Vm};
+use super::run::{first_failure, run_vm, RunParts};
+use super::vm::Vm;
 use crate::mem::{FrameMap, GuestMemory, MemConfig};
 use crate::mmu::{self, Access, Mmu, VcpuMmu, KVM_REQ_MMU_RELOAD, KVM_REQ_TLB_FLUSH};
 
@@ -357,9 +357,9 @@ pub fn run_kvm_reports<P: SyncPolicy>(
     })?);
     let vm = Vm::with_guest_memory(mem.clone(), n)?;
     let image = ElfImage::parse(GUEST_ELF)?;
-    let ram = MappedRam(&mem);
+    let ram: &GuestMemory = &mem;
     // Port I/O hypercalls: the MMIO window is not guest RAM, and the shadow MMU maps nothing else.
-    let plan = boot::prepare(&ram, &image, n, GuestMode::Shadow, params, false)?;
+    let plan = boot::prepare(ram, &image, n, GuestMode::Shadow, params, false)?;
     let mmu = Mmu::<P>::new(mem.clone(), n)?;
     mmu.link_monitor(monitor::pml4_entry());
     if config.host_coherence == HostCoherence::Replay {
@@ -381,14 +381,14 @@ pub fn run_kvm_reports<P: SyncPolicy>(
         .enumerate()
         .map(|(i, b)| hooks.boot_cr3(i, b.boot_root))
         .collect::<Result<Vec<_>, _>>()?;
-    let backend = Backend {
+    let parts = RunParts {
         cr3s: &cr3s,
-        mem: &ram,
+        mem: ram,
         mmu: &hooks,
         kicks: &kicks,
-        name: "kvm",
+        mode: GuestMode::Shadow,
     };
-    let mut result = run_vm(&vm, config, &plan, backend)?;
+    let mut result = run_vm(&vm, config, &plan, parts)?;
     result.mmu_stats = serde_json::to_value(mmu.stats()).ok();
     result.host_flushes = Some(hooks.host_flushes());
     result.host_coherence = Some(hooks.host_coherence_stats());

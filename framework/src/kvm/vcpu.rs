@@ -14,8 +14,8 @@ use super::hooks::{GuestContext, HookError, MmuHooks};
 use super::kick::{make_all_cpus_request, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
 use super::monitor;
 use super::report::{FailureKind, FaultTiming, GuestFailure, GuestRegs, VcpuReport};
-use super::ucall::GuestPhys;
 use super::vcpu_fd::Vcpu;
+use crate::mem::GuestPhys;
 use crate::mem::MemRegion;
 
 /// What every vCPU thread of a run shares.

@@ -17,9 +17,8 @@ use super::monitor::{
     self, CODE_SEL, DATA_SEL, GDT_LIMIT, GDT_OFF, IDT_OFF, MONITOR_SIZE, TSS_OFF, TSS_SEL0,
     TSS_STRIDE, USER_CODE_SEL, USER_DATA_SEL,
 };
-use super::ucall::GuestPhys;
 use super::vcpu_fd::Vcpu;
-use crate::mem::{GuestMemory, MemError, MemRegion};
+use crate::mem::{GuestMemory, MemRegion};
 use std::sync::Arc;
 
 /// CR0 bits.
@@ -406,55 +405,5 @@ impl Vm {
         };
         vcpu.set_regs(&regs)?;
         Ok(vcpu)
-    }
-}
-
-/// Guest RAM where gfn == backing frame (`native`): the exit handler's view.
-#[derive(Clone, Copy, Debug)]
-pub struct DirectRam<'a>(pub &'a MemRegion);
-
-impl GuestPhys for DirectRam<'_> {
-    fn ram_size(&self) -> u64 {
-        self.0.size()
-    }
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.0.read_bytes(gpa, buf)
-    }
-    fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
-        self.0.read_u64(gpa)
-    }
-    fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError> {
-        self.0.write_u64(gpa, value)
-    }
-    fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-        self.0.write_bytes(gpa, data)
-    }
-    fn fill_zero(&self, gpa: u64, len: u64) -> Result<(), MemError> {
-        self.0.fill_zero(gpa, len)
-    }
-}
-
-/// Guest RAM behind the shadow MMU's frame map (`kvm`): guest-physical addresses are
-/// translated gfn -> backing frame by [`GuestMemory`].
-#[derive(Clone, Copy, Debug)]
-pub struct MappedRam<'a>(pub &'a GuestMemory);
-
-impl GuestPhys for MappedRam<'_> {
-    fn ram_size(&self) -> u64 {
-        self.0.ram_bytes()
-    }
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.0.read_gpa(gpa, buf)
-    }
-    fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
-        self.0
-            .read_gpa_u64(gpa, std::sync::atomic::Ordering::Acquire)
-    }
-    fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError> {
-        self.0
-            .write_gpa_u64(gpa, value, std::sync::atomic::Ordering::Release)
-    }
-    fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-        self.0.write_gpa(gpa, data)
     }
 }
