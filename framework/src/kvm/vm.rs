@@ -20,33 +20,13 @@ use super::monitor::{
 use super::vcpu_fd::Vcpu;
 use crate::mem::{GuestMemory, MemRegion};
 use std::sync::Arc;
+use x86_64::registers::control::{Cr0Flags, Cr4Flags};
+use x86_64::registers::model_specific::EferFlags;
 
-/// CR0 bits.
-mod cr0 {
-    pub const PE: u64 = 1 << 0;
-    pub const MP: u64 = 1 << 1;
-    pub const EM: u64 = 1 << 2;
-    pub const ET: u64 = 1 << 4;
-    pub const NE: u64 = 1 << 5;
-    /// Supervisor writes honour read-only PTEs: without it a CPL0 guest would write straight
-    /// through the shadow MMU's write protection.
-    pub const WP: u64 = 1 << 16;
-    pub const NW: u64 = 1 << 29;
-    pub const CD: u64 = 1 << 30;
-    pub const PG: u64 = 1 << 31;
-}
-const CR4_PAE: u64 = 1 << 5;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR4_OSXMMEXCPT: u64 = 1 << 10;
-const CR4_OSXSAVE: u64 = 1 << 18;
 /// XCR0: x87 and SSE state. A host that runs the guest with the guest's XCR0 in hardware (a
 /// software-virtualised host such as kvm_pvm does) raises #UD on SSE instructions when XCR0 lacks
 /// the SSE bit, so XSAVE is enabled and XCR0 set whenever the CPU has XSAVE.
 const XCR0_X87_SSE: u64 = 0x3;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
-
 /// A VM with guest RAM and the monitor mapped.
 pub struct Vm {
     // Field order is drop order: the VM fd (and with it the memslots) goes before the memory.
@@ -367,14 +347,32 @@ impl Vm {
         sregs.gdt.limit = GDT_LIMIT;
         sregs.idt.base = MONITOR_BASE + IDT_OFF;
         sregs.idt.limit = 16 * 256 - 1;
-        sregs.cr0 = (sregs.cr0 | cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::PG)
-            & !(cr0::EM | cr0::NW | cr0::CD);
+        // WP: supervisor writes honour read-only PTEs; without it a CPL0 guest would write
+        // straight through the shadow MMU's write protection.
+        let cr0 = Cr0Flags::from_bits_retain(sregs.cr0)
+            | Cr0Flags::PROTECTED_MODE_ENABLE
+            | Cr0Flags::MONITOR_COPROCESSOR
+            | Cr0Flags::EXTENSION_TYPE
+            | Cr0Flags::NUMERIC_ERROR
+            | Cr0Flags::WRITE_PROTECT
+            | Cr0Flags::PAGING;
+        sregs.cr0 = (cr0
+            - (Cr0Flags::EMULATE_COPROCESSOR
+                | Cr0Flags::NOT_WRITE_THROUGH
+                | Cr0Flags::CACHE_DISABLE))
+            .bits();
         let has_xsave = cpuid
             .as_slice()
             .iter()
             .any(|e| e.function == 1 && e.ecx & (1 << 26) != 0);
-        sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | if has_xsave { CR4_OSXSAVE } else { 0 };
-        sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
+        let mut cr4 =
+            Cr4Flags::PHYSICAL_ADDRESS_EXTENSION | Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE;
+        cr4.set(Cr4Flags::OSXSAVE, has_xsave);
+        sregs.cr4 = cr4.bits();
+        sregs.efer = (EferFlags::LONG_MODE_ENABLE
+            | EferFlags::LONG_MODE_ACTIVE
+            | EferFlags::NO_EXECUTE_ENABLE)
+            .bits();
         sregs.cr3 = cr3;
         vcpu.set_sregs(&sregs)?;
 

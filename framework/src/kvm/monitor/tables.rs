@@ -1,7 +1,12 @@
 //! The monitor's tables, written once by the VMM before any vCPU runs: GDT, TSSes, IDT, the
 //! stubs page, the monitor's own page tables, and the shadow pool's mapping.
 
+use std::mem::offset_of;
+
 use shadowlab_workloads::layout::{pte, MONITOR_BASE};
+use x86_64::structures::gdt::DescriptorFlags;
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::VirtAddr;
 
 use super::code::stub_code;
 use super::error::MonitorError;
@@ -38,36 +43,59 @@ pub fn map_pool(mon: &MemRegion, pool_base: u64, pool_bytes: u64) -> Result<(), 
     Ok(())
 }
 
-fn gdt_code64() -> u64 {
-    // base 0, limit 0xfffff, G, L, P, DPL0, S, type 0xb (execute/read, accessed).
-    0x00af_9b00_0000_ffff
-}
+/// System-descriptor type of a busy 64-bit TSS (as KVM_SET_SREGS loads TR), in the type bits
+/// (40..44) that [`DescriptorFlags`] names for code and data segments.
+const TSS_BUSY_64: u64 = 0xb << 40;
 
-fn gdt_data() -> u64 {
-    // base 0, limit 0xfffff, G, D/B, P, DPL0, S, type 0x3 (read/write, accessed).
-    0x00cf_9300_0000_ffff
-}
-
-fn gdt_user_data() -> u64 {
-    // As gdt_data with DPL3.
-    0x00cf_f300_0000_ffff
-}
-
-fn gdt_user_code64() -> u64 {
-    // As gdt_code64 with DPL3.
-    0x00af_fb00_0000_ffff
-}
-
-/// A 16-byte 64-bit TSS descriptor (busy, as KVM_SET_SREGS loads TR).
+/// A 16-byte 64-bit TSS descriptor (busy, as KVM_SET_SREGS loads TR): x86_64's
+/// `Descriptor::SystemSegment` layout, built from `base` (a monitor VA, which the VMM never
+/// dereferences; `Descriptor::tss_segment` wants a `&'static` TSS in this address space).
 pub(super) fn tss_descriptor(base: u64, limit: u32) -> [u64; 2] {
-    let lo = u64::from(limit & 0xffff)
-        | ((base & 0xff_ffff) << 16)
-        | (0xb << 40) // type: busy 64-bit TSS
-        | (1 << 47) // present
-        | (u64::from((limit >> 16) & 0xf) << 48)
-        | (((base >> 24) & 0xff) << 56);
+    let limit = u64::from(limit);
+    let lo = DescriptorFlags::PRESENT.bits()
+        | TSS_BUSY_64
+        | (limit & DescriptorFlags::LIMIT_0_15.bits())
+        | ((limit << 32) & DescriptorFlags::LIMIT_16_19.bits())
+        | ((base << 16) & DescriptorFlags::BASE_0_23.bits())
+        | ((base << 32) & DescriptorFlags::BASE_24_31.bits());
     [lo, base >> 32]
 }
+
+/// Writes the TSS of a vCPU whose IST stack tops at `top` at `off`: RSP0 and IST1 both point
+/// there; no I/O bitmap. Built as x86_64's [`TaskStateSegment`], then written field by field
+/// at its `repr(C, packed(4))` offsets (never through a reference into the monitor).
+fn write_tss(mon: &MemRegion, off: u64, top: u64) -> Result<(), MemError> {
+    let mut tss = TaskStateSegment::new();
+    let mut rsp = [VirtAddr::zero(); 3];
+    rsp[0] = VirtAddr::new(top);
+    tss.privilege_stack_table = rsp;
+    let mut ist = [VirtAddr::zero(); 7];
+    ist[0] = VirtAddr::new(top);
+    tss.interrupt_stack_table = ist;
+    // Copies of the packed fields (no references to them).
+    let (rsp, ist, iomap_base) = (
+        tss.privilege_stack_table,
+        tss.interrupt_stack_table,
+        tss.iomap_base,
+    );
+    let at = |field: usize| off + field as u64;
+    for (i, a) in rsp.iter().enumerate() {
+        let field = offset_of!(TaskStateSegment, privilege_stack_table) + 8 * i;
+        mon.write_bytes(at(field), &a.as_u64().to_le_bytes())?;
+    }
+    for (i, a) in ist.iter().enumerate() {
+        let field = offset_of!(TaskStateSegment, interrupt_stack_table) + 8 * i;
+        mon.write_bytes(at(field), &a.as_u64().to_le_bytes())?;
+    }
+    // The bitmap would start past the TSS's end: none.
+    let field = offset_of!(TaskStateSegment, iomap_base);
+    mon.write_bytes(at(field), &iomap_base.to_le_bytes())
+}
+
+// IDT gates follow the bit layout x86_64 documents for `structures::idt::Entry` (handler
+// address split 16/16/32, code selector, `EntryOptions`: IST index in bits 0..3, gate type in
+// 8..12, DPL in 13..15, present in 15). Its `Entry` itself is not used: setting its handler
+// reads this process's CS, and its bytes can only be had by transmuting it.
 
 /// A 16-byte interrupt gate to `handler`, IST1, DPL0 (exceptions only).
 pub(super) fn idt_gate(handler: u64) -> [u64; 2] {
@@ -93,22 +121,22 @@ fn idt_gate_ist(handler: u64, dpl: u64, ist: u64) -> [u64; 2] {
 pub fn build(mon: &MemRegion, nr_vcpus: usize) -> Result<(), MemError> {
     // GDT: null, code, data, (unused), then one TSS descriptor per vCPU.
     mon.write_u64(GDT_OFF, 0)?;
-    mon.write_u64(GDT_OFF + 8, gdt_code64())?;
-    mon.write_u64(GDT_OFF + 16, gdt_data())?;
-    mon.write_u64(GDT_OFF + 24, gdt_user_data())?;
-    mon.write_u64(GDT_OFF + 32, gdt_user_code64())?;
+    // Flat segments: base 0, limit 0xfffff, G; 64-bit code (L), data (D/B); DPL 0, then 3.
+    mon.write_u64(GDT_OFF + 8, DescriptorFlags::KERNEL_CODE64.bits())?;
+    mon.write_u64(GDT_OFF + 16, DescriptorFlags::KERNEL_DATA.bits())?;
+    mon.write_u64(GDT_OFF + 24, DescriptorFlags::USER_DATA.bits())?;
+    mon.write_u64(GDT_OFF + 32, DescriptorFlags::USER_CODE64.bits())?;
     for i in 0..nr_vcpus {
         let tss = MONITOR_BASE + TSS_OFF + i as u64 * TSS_STRIDE;
         let [lo, hi] = tss_descriptor(tss, 103);
         let at = GDT_OFF + u64::from(TSS_SEL0) + 16 * i as u64;
         mon.write_u64(at, lo)?;
         mon.write_u64(at + 8, hi)?;
-        // TSS: RSP0 and IST1 both point at this vCPU's IST stack; no I/O bitmap.
-        let toff = TSS_OFF + i as u64 * TSS_STRIDE;
-        let top = MONITOR_BASE + ist_top_off(i);
-        mon.write_bytes(toff + 4, &top.to_le_bytes())?; // RSP0
-        mon.write_bytes(toff + 36, &top.to_le_bytes())?; // IST1
-        mon.write_bytes(toff + 102, &104u16.to_le_bytes())?; // I/O map base: none
+        write_tss(
+            mon,
+            TSS_OFF + i as u64 * TSS_STRIDE,
+            MONITOR_BASE + ist_top_off(i),
+        )?;
     }
     // IDT: vectors 0..32 to their stubs; the rest not present (#GP -> vector 13's stub).
     for v in 0..32u64 {
