@@ -12,7 +12,8 @@ pub enum HypercallPath {
     PortIo,
     /// Stores to the MMIO window (`shadowlab_guest_abi::HYPERCALL_MMIO_GPA`): one exit.
     Mmio,
-    /// MMIO on a software-virtualised host (`/sys/module/kvm_pvm`), port I/O elsewhere.
+    /// MMIO on a software-virtualised host (`/sys/module/kvm_pvm`, see the
+    /// [host notes](super#this-host)), port I/O elsewhere.
     Auto,
 }
 
@@ -58,11 +59,8 @@ pub enum HostCoherence {
     CycleSlot,
 }
 
-/// Default of [`RunConfig::replay_page_zap_min`]. Measured on this machine (pt-churn, 200
-/// iterations, 65 changed SPTEs a flush, mostly in one pool page): with 1, 2, 4, 8 the
-/// replays took 33, 29, 28, 29 ms in all; entry by entry (`usize::MAX`), 127 ms (about
-/// 4.5 us a store). A whole-page store costs the host a rebuild of that page's shadow, which
-/// is cheap next to a trapped store per entry once a page has a few.
+/// Default of [`RunConfig::replay_page_zap_min`], as measured ([host notes](super#this-host):
+/// whole-page replays).
 pub const DEFAULT_REPLAY_PAGE_ZAP_MIN: usize = 4;
 
 /// How to run.

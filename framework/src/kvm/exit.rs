@@ -197,8 +197,7 @@ pub fn complete_emulation<H: MmuHooks + ?Sized>(
     gprs: &Gprs,
     mmu: &H,
 ) -> Result<u64, FailureKind> {
-    let store =
-        decode_store(frame.rip, insn, gprs).map_err(|e| FailureKind::Emulation(e.to_string()))?;
+    let store = decode_store(frame.rip, insn, gprs).map_err(FailureKind::Emulation)?;
     mmu.emulated_write(st.vcpu, gpa, store.value, store.len)
         .map_err(|e| FailureKind::Mmu(e.into()))?;
     st.exits.emulated_write += 1;
@@ -759,7 +758,10 @@ mod tests {
             &Gprs::default(),
             &mmu,
         ) {
-            Err(FailureKind::Emulation(m)) => assert!(m.contains("[48, 01, 07]"), "{m}"),
+            Err(FailureKind::Emulation(e)) => {
+                assert_eq!(e.bytes, [0x48, 0x01, 0x07]);
+                assert!(e.to_string().contains("[48, 01, 07]"), "{e}");
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(

@@ -11,7 +11,7 @@ pub fn new_region(size: u64) -> Result<MemRegion, MemError> {
 }
 
 /// The backend's accessors on a [`MemRegion`] (the 8-byte and fill accessors are those of
-/// [`GuestPhys`], which a region implements as identity-mapped guest RAM).
+/// [`GuestPhys`](crate::mem::GuestPhys), which a region implements as identity-mapped guest RAM).
 pub trait RegionExt {
     /// Size in bytes.
     fn size(&self) -> u64;

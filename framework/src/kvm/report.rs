@@ -8,6 +8,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use super::config::HostCoherence;
+use super::emulate::DecodeError;
 use super::hooks::HookError;
 use super::monitor::ExceptionFrame;
 
@@ -119,11 +120,12 @@ pub enum FailureKind {
     Mmu(#[serde(serialize_with = "as_message")] Arc<HookError>),
     /// Stopped because another vCPU failed first.
     Stopped(String),
-    /// A store to a guest page table that cannot be emulated (not a MOV-family store).
-    Emulation(String),
+    /// A store to a guest page table that cannot be emulated (not a MOV-family store);
+    /// serialised as its message.
+    Emulation(#[serde(serialize_with = "as_message")] DecodeError),
 }
 
-fn as_message<S: serde::Serializer>(e: &Arc<HookError>, s: S) -> Result<S::Ok, S::Error> {
+fn as_message<E: fmt::Display, S: serde::Serializer>(e: &E, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(e)
 }
 

@@ -4,9 +4,8 @@
 //! write-protected upper-level guest tables are decoded (`kvm::emulate`) and emulated.
 //!
 //! Host coherence: the VMM writes shadow PTEs from userspace. A host that itself shadows the
-//! guest's page tables (no EPT/NPT, like this machine's) does not see those writes (see the
-//! module docs of `kvm` and `examples/host_coherence.rs`) except for not-present -> present
-//! changes and added permissions, which its fault path re-walks. Every other SPTE change in
+//! guest's page tables does not see those writes except for not-present -> present changes
+//! and added permissions ([host notes](super#this-host)). Every other SPTE change in
 //! KVM's algorithm is followed by a remote TLB flush (`kvm_flush_remote_tlbs`), which the MMU
 //! delivers as `KVM_REQ_TLB_FLUSH` at the next guest entry. Two ways to catch the host up
 //! there ([`HostCoherence`]):

@@ -91,7 +91,7 @@ pub fn fetch_insn<M: GuestPhys + ?Sized>(mem: &M, rip: u64) -> Vec<u8> {
 /// port at CPL3, returns the port and the RIP after the instruction.
 ///
 /// Why: the guest runs at CPL3 with IOPL=3, and on a host that honours IOPL its `out` exits
-/// directly. This machine's software-virtualised host does not (a CPL3 `out` raises #GP), so the
+/// directly; on this one a CPL3 `out` raises #GP ([host notes](super#this-host)), so the
 /// monitor reports the #GP and the VMM emulates the `out` from the frame: the stub saved RAX and
 /// RDX, the instruction bytes are read from guest RAM through the direct map (the guest only
 /// runs code from there). Anything else stays a #GP.

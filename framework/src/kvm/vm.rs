@@ -23,9 +23,8 @@ use std::sync::Arc;
 use x86_64::registers::control::{Cr0Flags, Cr4Flags};
 use x86_64::registers::model_specific::EferFlags;
 
-/// XCR0: x87 and SSE state. A host that runs the guest with the guest's XCR0 in hardware (a
-/// software-virtualised host such as kvm_pvm does) raises #UD on SSE instructions when XCR0 lacks
-/// the SSE bit, so XSAVE is enabled and XCR0 set whenever the CPU has XSAVE.
+/// XCR0: x87 and SSE state, set whenever the CPU has XSAVE ([host notes](super#this-host):
+/// without the SSE bit the guest's SSE instructions raise #UD).
 const XCR0_X87_SSE: u64 = 0x3;
 /// A VM with guest RAM and the monitor mapped.
 pub struct Vm {

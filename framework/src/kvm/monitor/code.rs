@@ -55,10 +55,9 @@ fn common_tail() -> Vec<u8> {
 }
 
 /// The native-op gate: dispatch on EAX (see [`NATIVE_GATE_VECTOR`]). The gate clobbers RAX
-/// and RDX (the guest's `int3` declares them) and touches no stack: on a software-virtualised
-/// host its instructions are emulated, and every emulated store counts as a guest page-table
-/// write in the host's `mmu_pte_write` while shadow pages exist, which would pollute the
-/// `native` statistics.
+/// and RDX (the guest's `int3` declares them) and touches no stack: an emulated store would
+/// count in the host's `mmu_pte_write` and pollute the `native` statistics
+/// ([host notes](crate::kvm#this-host)).
 ///
 /// LOAD_CR3 first links the monitor into the new root (PML4 slot 511, if it is not already
 /// there) through the direct map, then loads CR3: the guest's own roots do not carry the
