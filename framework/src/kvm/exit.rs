@@ -539,6 +539,22 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_report_block_says_why() {
+        use shadowlab_guest_abi::report_words::TOTAL;
+        let ram = ram();
+        let len = (TOTAL * 8) as u64;
+        assert_eq!(read_report(&ram, 0x8000, 0), Ok(None), "no block");
+        for (gpa, len) in [(0x8004, len), (0x8000, len - 8), ((1 << 20) - 16, len)] {
+            assert_eq!(
+                read_report(&ram, gpa, len),
+                Err(ReportBlockError::Misplaced { gpa, len }),
+                "{gpa:#x}"
+            );
+        }
+        assert_eq!(read_report(&ram, 0x8000, len).unwrap().unwrap().ops, 0);
+    }
+
+    #[test]
     fn bad_ucalls_fail_the_call_and_resume() {
         let ram = ram();
         let mut st = ExitState::new(0);
