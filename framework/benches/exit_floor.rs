@@ -14,19 +14,20 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::VcpuExit;
 use shadowlab_abi::GuestMode;
 use shadowlab_framework::kvm::boot::{self, GuestParams};
 use shadowlab_framework::kvm::elf::ElfImage;
 use shadowlab_framework::kvm::exit::ExitState;
 use shadowlab_framework::kvm::guest_image::GUEST_ELF;
 use shadowlab_framework::kvm::vcpu::{step, Shared};
-use shadowlab_framework::kvm::vm::{DirectRam, Vm};
+use shadowlab_framework::kvm::vcpu_fd::Vcpu;
+use shadowlab_framework::kvm::vm::Vm;
 use shadowlab_framework::kvm::{
     kvm_unavailable_reason, new_kicks, program, HypercallPath, NativeMmu,
 };
 
-fn setup() -> (Vm, VcpuFd) {
+fn setup() -> (Vm, Vcpu) {
     let vm = Vm::new(64 << 20, 1).expect("VM");
     let image = ElfImage::parse(GUEST_ELF).expect("guest ELF");
     let params = GuestParams::builtin(program::NOP_LOOP, u64::MAX);
@@ -46,9 +47,8 @@ fn exit_floor(c: &mut Criterion) {
     let (vm, mut vcpu) = setup();
     let kicks = new_kicks(1);
     let timed_out = AtomicBool::new(false);
-    let mem = DirectRam(vm.ram());
     let shared = Shared {
-        mem: &mem,
+        mem: vm.ram(),
         monitor: vm.monitor(),
         mmu: &NativeMmu,
         kicks: &kicks,
@@ -58,9 +58,7 @@ fn exit_floor(c: &mut Criterion) {
     let mut st = ExitState::new(0);
     // Warm up past the guest's boot (its first ucalls) into the NOP loop.
     for _ in 0..1000 {
-        assert!(step(&mut vcpu, 0, &shared, &mut st)
-            .expect("step")
-            .is_none());
+        assert!(step(&mut vcpu, &shared, &mut st).expect("step").is_none());
     }
 
     let mut g = c.benchmark_group("exit_floor");
@@ -70,7 +68,7 @@ fn exit_floor(c: &mut Criterion) {
             let t = Instant::now();
             for _ in 0..n {
                 match vcpu.run() {
-                    Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::IoOut(..)) => {}
+                    Ok(Some(VcpuExit::MmioWrite(..) | VcpuExit::IoOut(..))) => {}
                     other => panic!("unexpected exit {other:?}"),
                 }
             }
@@ -81,7 +79,7 @@ fn exit_floor(c: &mut Criterion) {
         b.iter_custom(|n| {
             let t = Instant::now();
             for _ in 0..n {
-                if let Some(o) = step(&mut vcpu, 0, &shared, &mut st).expect("step") {
+                if let Some(o) = step(&mut vcpu, &shared, &mut st).expect("step") {
                     panic!("the NOP loop stopped: {o:?}");
                 }
             }

@@ -19,9 +19,9 @@ use shadowlab_framework::kvm::elf::ElfImage;
 use shadowlab_framework::kvm::guest_image::GUEST_ELF;
 use shadowlab_framework::kvm::hostmem::RegionExt;
 use shadowlab_framework::kvm::layout::RAM_SLOT;
-use shadowlab_framework::kvm::ucall::GuestPhys;
 use shadowlab_framework::kvm::ucall::{self, Ucall};
-use shadowlab_framework::kvm::vm::{DirectRam, Vm};
+use shadowlab_framework::kvm::vm::Vm;
+use shadowlab_framework::mem::GuestPhys;
 
 /// What the VMM does right after its userspace rewrite of the PTE.
 #[derive(Clone, Copy, Debug)]
@@ -84,10 +84,9 @@ fn probe(after: After) -> Result<[u64; 4], String> {
         .create_vcpu(0, plan.entry, &plan.vcpus[0], plan.vcpus[0].boot_root)
         .map_err(|e| e.to_string())?;
     let ram = vm.ram();
-    let mem = DirectRam(ram);
     loop {
         let (port, value) = match vcpu.run().map_err(|e| e.to_string())? {
-            VcpuExit::MmioWrite(gpa, d) if gpa >= HYPERCALL_MMIO_GPA && d.len() == 4 => (
+            Some(VcpuExit::MmioWrite(gpa, d)) if gpa >= HYPERCALL_MMIO_GPA && d.len() == 4 => (
                 (gpa - HYPERCALL_MMIO_GPA) as u16,
                 u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
             ),
@@ -100,7 +99,7 @@ fn probe(after: After) -> Result<[u64; 4], String> {
             return Err(format!("hypercall to port {port:#x}"));
         }
         let gpa = u64::from(value);
-        match ucall::read(&mem, gpa).map_err(|e| e.to_string())? {
+        match ucall::read(ram, gpa).map_err(|e| e.to_string())? {
             Ucall::Sync {
                 stage: program::COHERENCE_STAGE,
                 value: leaf,
@@ -152,6 +151,6 @@ fn probe(after: After) -> Result<[u64; 4], String> {
             } => return Err(format!("guest assert {file}:{line}: {message}")),
             _ => {}
         }
-        ucall::write_status(&mem, gpa, status::OK).map_err(|e| e.to_string())?;
+        ucall::write_status(ram, gpa, status::OK).map_err(|e| e.to_string())?;
     }
 }

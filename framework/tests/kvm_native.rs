@@ -230,7 +230,7 @@ impl shadowlab_framework::kvm::MmuHooks for CountFlushes {
         v: usize,
         gva: u64,
         ec: u64,
-    ) -> Result<shadowlab_framework::kvm::FaultOutcome, shadowlab_framework::kvm::HookError> {
+    ) -> Result<shadowlab_framework::kvm::PfAction, shadowlab_framework::kvm::HookError> {
         shadowlab_framework::kvm::NativeMmu.page_fault(v, gva, ec)
     }
     fn load_cr3(

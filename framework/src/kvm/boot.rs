@@ -20,7 +20,7 @@ use super::elf::{ElfError, ElfImage};
 use super::error::KvmError;
 use super::layout::{SHARED_GPA, STACK_SIZE};
 use super::monitor;
-use super::ucall::GuestPhys;
+use crate::mem::GuestPhys;
 
 /// What the guest runs and with which parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

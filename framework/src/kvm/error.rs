@@ -4,8 +4,7 @@ use thiserror::Error;
 
 use super::report::GuestFailure;
 
-/// An `errno` from an ioctl.
-pub type Errno = kvm_ioctls::Error;
+pub use super::vcpu_fd::Errno;
 
 /// Everything that can stop a KVM-backed run.
 #[derive(Debug, Error)]
@@ -25,98 +24,12 @@ pub enum KvmError {
     /// KVM_GET_SUPPORTED_CPUID failed.
     #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
     GetSupportedCpuid(#[source] Errno),
-    /// KVM_SET_USER_MEMORY_REGION failed.
-    #[error("KVM_SET_USER_MEMORY_REGION (slot {slot}, gpa {gpa:#x}, {size:#x} bytes): {source}")]
-    SetUserMemoryRegion {
-        /// The memslot.
-        slot: u32,
-        /// Its guest-physical base.
-        gpa: u64,
-        /// Its size.
-        size: u64,
-        /// The errno.
-        source: Errno,
-    },
-    /// KVM_CREATE_VCPU failed.
-    #[error("KVM_CREATE_VCPU {vcpu}: {source}")]
-    CreateVcpu {
-        /// vCPU index.
-        vcpu: usize,
-        /// The errno.
-        source: Errno,
-    },
-    /// KVM_SET_CPUID2 failed.
-    #[error("KVM_SET_CPUID2 on vCPU {vcpu}: {source}")]
-    SetCpuid2 {
-        /// vCPU index.
-        vcpu: usize,
-        /// The errno.
-        source: Errno,
-    },
-    /// KVM_GET_SREGS failed.
-    #[error("KVM_GET_SREGS on vCPU {vcpu}: {source}")]
-    GetSregs {
-        /// vCPU index.
-        vcpu: usize,
-        /// The errno.
-        source: Errno,
-    },
-    /// KVM_SET_SREGS failed.
-    #[error("KVM_SET_SREGS on vCPU {vcpu}: {source}")]
-    SetSregs {
-        /// vCPU index.
-        vcpu: usize,
-        /// The errno.
-        source: Errno,
-    },
-    /// KVM_GET_REGS failed.
-    #[error("KVM_GET_REGS on vCPU {vcpu}: {source}")]
-    GetRegs {
-        /// vCPU index.
-        vcpu: usize,
-        /// The errno.
-        source: Errno,
-    },
-    /// KVM_SET_REGS failed.
-    #[error("KVM_SET_REGS on vCPU {vcpu}: {source}")]
-    SetRegs {
-        /// vCPU index.
-        vcpu: usize,
-        /// The errno.
-        source: Errno,
-    },
-    /// KVM_GET_VCPU_EVENTS or KVM_SET_VCPU_EVENTS failed.
-    #[error("KVM_GET/SET_VCPU_EVENTS on vCPU {vcpu}: {source}")]
-    VcpuEvents {
-        /// vCPU index.
-        vcpu: usize,
-        /// The errno.
-        source: Errno,
-    },
-    /// KVM_SET_XCRS failed.
-    #[error("KVM_SET_XCRS on vCPU {vcpu}: {source}")]
-    SetXcrs {
-        /// vCPU index.
-        vcpu: usize,
-        /// The errno.
-        source: Errno,
-    },
-    /// KVM_SET_FPU failed.
-    #[error("KVM_SET_FPU on vCPU {vcpu}: {source}")]
-    SetFpu {
-        /// vCPU index.
-        vcpu: usize,
-        /// The errno.
-        source: Errno,
-    },
-    /// KVM_RUN failed (other than EINTR, which is a kick).
-    #[error("KVM_RUN on vCPU {vcpu}: {source}")]
-    Run {
-        /// vCPU index.
-        vcpu: usize,
-        /// The errno.
-        source: Errno,
-    },
+    /// A memslot could not be set.
+    #[error(transparent)]
+    Memslot(#[from] super::memslot::MemslotError),
+    /// A vCPU ioctl failed.
+    #[error(transparent)]
+    Vcpu(#[from] super::vcpu_fd::VcpuError),
     /// KVM_GET_STATS_FD failed.
     #[error("KVM_GET_STATS_FD: {0}")]
     GetStatsFd(#[source] std::io::Error),
@@ -147,14 +60,6 @@ pub enum KvmError {
     /// Mapping the shadow pool into the monitor, or filling a replay data page, failed.
     #[error("monitor: {0}")]
     Monitor(#[from] super::monitor::MonitorError),
-    /// The monitor's replay routine did not end in its completion exit.
-    #[error("vCPU {vcpu}: the monitor's SPTE replay routine stopped with {what}")]
-    Replay {
-        /// vCPU index.
-        vcpu: usize,
-        /// The exit it took instead.
-        what: String,
-    },
     /// Installing the kick signal handler failed.
     #[error("installing the vCPU kick signal handler: {0}")]
     SignalHandler(std::io::Error),

@@ -4,10 +4,12 @@
 use shadowlab_abi::{status, NOP_PORT, UCALL_PORT};
 
 use super::emulate::{decode_store, Gprs};
-use super::hooks::{FaultOutcome, MmuHooks};
+use super::hooks::{MmuHooks, PfAction};
 use super::monitor::ExceptionFrame;
 use super::report::{Done, ExitCounts, FailureKind, WorkloadReport};
-use super::ucall::{self, GuestPhys, Ucall, UcallError};
+use super::ucall::{self, Ucall, UcallError};
+use crate::mem::GuestPhys;
+use crate::mem::MemError;
 
 /// Page-fault vector.
 pub const PF_VECTOR: u64 = 14;
@@ -139,15 +141,15 @@ where
             st.exits.exception += 1;
             if frame.vector == PF_VECTOR {
                 match mmu.page_fault(st.vcpu, cr2, frame.error_code) {
-                    Ok(FaultOutcome::Fixed) => {
+                    Ok(PfAction::Fixed) => {
                         st.exits.page_fault_fixed += 1;
                         return ExitAction::Resume;
                     }
-                    Ok(FaultOutcome::Emulate { gpa }) => {
+                    Ok(PfAction::Emulate { gpa }) => {
                         return ExitAction::EmulateStore { gpa, frame }
                     }
-                    Ok(FaultOutcome::GuestFault) => {}
-                    Err(e) => return ExitAction::Stop(Err(FailureKind::Mmu(e.0))),
+                    Ok(PfAction::GuestFault) => {}
+                    Err(e) => return ExitAction::Stop(Err(FailureKind::Mmu(e.into()))),
                 }
             }
             ExitAction::Stop(Err(FailureKind::Exception { frame, cr2 }))
@@ -195,12 +197,27 @@ pub fn complete_emulation<H: MmuHooks + ?Sized>(
     gprs: &Gprs,
     mmu: &H,
 ) -> Result<u64, FailureKind> {
-    let store =
-        decode_store(frame.rip, insn, gprs).map_err(|e| FailureKind::Emulation(e.to_string()))?;
+    let store = decode_store(frame.rip, insn, gprs).map_err(FailureKind::Emulation)?;
     mmu.emulated_write(st.vcpu, gpa, store.value, store.len)
-        .map_err(|e| FailureKind::Mmu(e.0))?;
+        .map_err(|e| FailureKind::Mmu(e.into()))?;
     st.exits.emulated_write += 1;
     Ok(frame.rip + store.insn_len as u64)
+}
+
+/// Why the report block of a DONE was refused (the guest's DONE gets `BAD_ARGUMENT`).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReportBlockError {
+    /// Not exactly one block, 8-byte aligned, inside guest RAM.
+    #[error("report block of {len} bytes at gpa {gpa:#x} is not one aligned block in guest RAM")]
+    Misplaced {
+        /// Where the guest said it is.
+        gpa: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Reading it from guest memory failed.
+    #[error("reading the report block: {0}")]
+    Memory(#[from] MemError),
 }
 
 /// Reads the workload report block of a DONE (`len` 0: none). Refused unless it is exactly
@@ -209,24 +226,27 @@ fn read_report<M: GuestPhys + ?Sized>(
     mem: &M,
     gpa: u64,
     len: u64,
-) -> Result<Option<WorkloadReport>, ()> {
+) -> Result<Option<WorkloadReport>, ReportBlockError> {
     use shadowlab_abi::report_words::TOTAL;
     if len == 0 {
         return Ok(None);
     }
+    let misplaced = ReportBlockError::Misplaced { gpa, len };
     if len != (TOTAL * 8) as u64
         || gpa % 8 != 0
         || gpa.checked_add(len).is_none_or(|e| e > mem.ram_size())
     {
-        return Err(());
+        return Err(misplaced);
     }
     let mut bytes = vec![0u8; TOTAL * 8];
-    mem.read(gpa, &mut bytes).map_err(|_| ())?;
+    mem.read(gpa, &mut bytes)?;
     let words: Vec<u64> = bytes
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
-    WorkloadReport::from_words(&words).map(Some).ok_or(())
+    WorkloadReport::from_words(&words)
+        .map(Some)
+        .ok_or(misplaced)
 }
 
 fn handle_ucall<M, H>(st: &mut ExitState, gpa: u64, mem: &M, mmu: &H) -> ExitAction
@@ -282,7 +302,7 @@ where
                 args[done_args::REPORT_LEN],
             ) {
                 Ok(r) => r,
-                Err(()) => {
+                Err(_) => {
                     st.exits.ucall_rejected += 1;
                     return reply(status::BAD_ARGUMENT);
                 }
@@ -303,7 +323,7 @@ where
                     other => other,
                 },
                 Ok(None) => reply(status::UNSUPPORTED),
-                Err(e) => ExitAction::Stop(Err(FailureKind::Mmu(e.0))),
+                Err(e) => ExitAction::Stop(Err(FailureKind::Mmu(e.into()))),
             }
         }
         Ucall::Invlpg(gva) => {
@@ -311,7 +331,7 @@ where
             match mmu.invlpg(st.vcpu, gva) {
                 Ok(true) => reply(status::OK),
                 Ok(false) => reply(status::UNSUPPORTED),
-                Err(e) => ExitAction::Stop(Err(FailureKind::Mmu(e.0))),
+                Err(e) => ExitAction::Stop(Err(FailureKind::Mmu(e.into()))),
             }
         }
         Ucall::FlushTlb => {
@@ -319,7 +339,7 @@ where
             match mmu.flush_tlb(st.vcpu) {
                 Ok(true) => reply(status::OK),
                 Ok(false) => reply(status::UNSUPPORTED),
-                Err(e) => ExitAction::Stop(Err(FailureKind::Mmu(e.0))),
+                Err(e) => ExitAction::Stop(Err(FailureKind::Mmu(e.into()))),
             }
         }
     }
@@ -332,7 +352,9 @@ mod tests {
     use super::*;
     use crate::kvm::hooks::{HookError, NativeMmu};
     use crate::kvm::hostmem::new_region;
-    use crate::kvm::ucall::tests::{put, Ram};
+    use crate::kvm::ucall::tests::put;
+    use crate::mem::MemRegion;
+    use crate::mmu::MmuError;
     use shadowlab_abi::{UcallCmd, EXCEPTION_PORT, UCALL_OFF_RET};
 
     /// Records MMU calls; fixes faults below 0x1000_0000.
@@ -341,15 +363,15 @@ mod tests {
         calls: Mutex<Vec<String>>,
     }
     impl MmuHooks for FakeMmu {
-        fn page_fault(&self, vcpu: usize, gva: u64, ec: u64) -> Result<FaultOutcome, HookError> {
+        fn page_fault(&self, vcpu: usize, gva: u64, ec: u64) -> Result<PfAction, HookError> {
             self.calls
                 .lock()
                 .unwrap()
                 .push(format!("pf {vcpu} {gva:#x} {ec}"));
             Ok(if gva < 0x1000_0000 {
-                FaultOutcome::Fixed
+                PfAction::Fixed
             } else {
-                FaultOutcome::GuestFault
+                PfAction::GuestFault
             })
         }
         fn load_cr3(&self, vcpu: usize, root: u64) -> Result<Option<u64>, HookError> {
@@ -364,7 +386,10 @@ mod tests {
             Ok(true)
         }
         fn flush_tlb(&self, _: usize) -> Result<bool, HookError> {
-            Err(HookError("pool exhausted".into()))
+            Err(HookError::Mmu(MmuError::PoolExhausted {
+                pool: 64,
+                free: 0,
+            }))
         }
         fn emulated_write(&self, _: usize, _: u64, _: u64, _: u8) -> Result<(), HookError> {
             Ok(())
@@ -374,14 +399,14 @@ mod tests {
         }
     }
 
-    fn ram() -> Ram {
-        Ram(new_region(1 << 20).unwrap())
+    fn ram() -> MemRegion {
+        new_region(1 << 20).unwrap()
     }
 
     /// Places a ucall with no text at 0x4000 and handles its exit.
     fn ucall<H: MmuHooks + ?Sized>(
         st: &mut ExitState,
-        ram: &Ram,
+        ram: &MemRegion,
         mmu: &H,
         cmd: u64,
         args: [u64; 6],
@@ -391,8 +416,8 @@ mod tests {
     }
 
     /// The status the VMM wrote back into the ucall at 0x4000.
-    fn ucall_status(ram: &Ram) -> u64 {
-        ram.0.read_u64(0x4000 + UCALL_OFF_RET).unwrap()
+    fn ucall_status(ram: &MemRegion) -> u64 {
+        ram.read_u64(0x4000 + UCALL_OFF_RET).unwrap()
     }
 
     fn ucall_exit(gpa: u32) -> DecodedExit {
@@ -476,8 +501,7 @@ mod tests {
         let ram = ram();
         let mut st = ExitState::new(0);
         for i in 0..TOTAL as u64 {
-            ram.0
-                .write_u64(0x8000 + 8 * i, if i as usize == OPS { 77 } else { i })
+            ram.write_u64(0x8000 + 8 * i, if i as usize == OPS { 77 } else { i })
                 .unwrap();
         }
         let len = (TOTAL * 8) as u64;
@@ -512,6 +536,22 @@ mod tests {
             );
             assert_eq!(ucall_status(&ram), status::BAD_ARGUMENT);
         }
+    }
+
+    #[test]
+    fn a_refused_report_block_says_why() {
+        use shadowlab_abi::report_words::TOTAL;
+        let ram = ram();
+        let len = (TOTAL * 8) as u64;
+        assert_eq!(read_report(&ram, 0x8000, 0), Ok(None), "no block");
+        for (gpa, len) in [(0x8004, len), (0x8000, len - 8), ((1 << 20) - 16, len)] {
+            assert_eq!(
+                read_report(&ram, gpa, len),
+                Err(ReportBlockError::Misplaced { gpa, len }),
+                "{gpa:#x}"
+            );
+        }
+        assert_eq!(read_report(&ram, 0x8000, len).unwrap().unwrap().ops, 0);
     }
 
     #[test]
@@ -586,7 +626,9 @@ mod tests {
         );
         assert_eq!(
             ucall(&mut st, &ram, &mmu, UcallCmd::FlushTlb as u64, [0; 6]),
-            ExitAction::Stop(Err(FailureKind::Mmu("pool exhausted".into())))
+            ExitAction::Stop(Err(FailureKind::Mmu(
+                HookError::Mmu(MmuError::PoolExhausted { pool: 64, free: 0 }).into()
+            )))
         );
         assert_eq!(
             *mmu.calls.lock().unwrap(),
@@ -662,8 +704,8 @@ mod tests {
         writes: Mutex<Vec<(u64, u64, u8)>>,
     }
     impl MmuHooks for EmulatingMmu {
-        fn page_fault(&self, _: usize, gva: u64, _: u64) -> Result<FaultOutcome, HookError> {
-            Ok(FaultOutcome::Emulate {
+        fn page_fault(&self, _: usize, gva: u64, _: u64) -> Result<PfAction, HookError> {
+            Ok(PfAction::Emulate {
                 gpa: gva - 0x2000_0000,
             })
         }
@@ -678,7 +720,7 @@ mod tests {
         }
         fn emulated_write(&self, _: usize, gpa: u64, value: u64, len: u8) -> Result<(), HookError> {
             if gpa == 0xbad {
-                return Err(HookError("not a page table".into()));
+                return Err(HookError::NativeEmulatesNoWrites { gpa });
             }
             self.writes.lock().unwrap().push((gpa, value, len));
             Ok(())
@@ -732,7 +774,10 @@ mod tests {
             &Gprs::default(),
             &mmu,
         ) {
-            Err(FailureKind::Emulation(m)) => assert!(m.contains("[48, 01, 07]"), "{m}"),
+            Err(FailureKind::Emulation(e)) => {
+                assert_eq!(e.bytes, [0x48, 0x01, 0x07]);
+                assert!(e.to_string().contains("[48, 01, 07]"), "{e}");
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(
@@ -744,7 +789,9 @@ mod tests {
                 &Gprs::default(),
                 &mmu
             ),
-            Err(FailureKind::Mmu("not a page table".into()))
+            Err(FailureKind::Mmu(
+                HookError::NativeEmulatesNoWrites { gpa: 0xbad }.into()
+            ))
         );
     }
 

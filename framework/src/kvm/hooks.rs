@@ -3,9 +3,16 @@
 //! The `kvm` backend connects the shadow MMU here; `native` uses [`NativeMmu`], for which the
 //! host kernel's MMU does everything and any fault reaching the VMM is a guest bug.
 
-/// What the MMU made of a guest page fault.
+use super::memslot::MemslotError;
+use super::monitor::MonitorError;
+use super::vcpu_fd::VcpuError;
+use crate::mmu::MmuError;
+
+/// What the exit handler does with a guest page fault, as the MMU decided: the MMU's
+/// [`crate::mmu::FaultOutcome`] seen from the vCPU loop (its `Retry` is [`PfAction::Fixed`]
+/// here: the requests it left are handled before re-entry, then the access re-runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FaultOutcome {
+pub enum PfAction {
     /// Fixed (an SPTE was installed, a page unsynced, a write emulated): re-execute.
     Fixed,
     /// A genuine guest fault: the guest's own tables do not allow the access. The guest runtime
@@ -20,18 +27,46 @@ pub enum FaultOutcome {
     },
 }
 
-/// An MMU operation failed (a VMM-side error, not a guest one).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct HookError(pub String);
+/// An MMU operation failed (a VMM-side error, not a guest one): one variant per source.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    /// The shadow MMU refused the operation.
+    #[error(transparent)]
+    Mmu(#[from] MmuError),
+    /// A vCPU ioctl of the host-coherence replay failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Filling or finishing a replay data page in the monitor failed.
+    #[error("monitor: {0}")]
+    Monitor(#[from] MonitorError),
+    /// The monitor's replay routine did not end in its completion exit.
+    #[error("vCPU {vcpu}: the monitor's SPTE replay routine stopped with {exit}")]
+    ReplayStopped {
+        /// vCPU index.
+        vcpu: usize,
+        /// The exit it took instead, as `kvm-ioctls` prints it.
+        exit: String,
+    },
+    /// Cycling the pool's memslot failed.
+    #[error(transparent)]
+    Memslot(#[from] MemslotError),
+    /// The other vCPUs did not leave KVM_RUN in time for a memslot cycle.
+    #[error("vCPUs did not leave KVM_RUN for a host flush")]
+    ParkTimeout,
+    /// `native` mode was asked to emulate a guest page-table store.
+    #[error("native mode emulates no writes (gpa {gpa:#x})")]
+    NativeEmulatesNoWrites {
+        /// Guest-physical address of the store.
+        gpa: u64,
+    },
+}
 
 /// The interface between a vCPU's exit handler and the MMU. All methods take the vCPU index;
 /// the implementation keeps per-vCPU state (current root, TLB requests) behind it. Methods take
 /// `&self`: one instance is shared by all vCPU threads.
 pub trait MmuHooks: Send + Sync {
     /// A guest #PF at `gva` with the hardware error code (reported by the monitor stub).
-    fn page_fault(&self, vcpu: usize, gva: u64, error_code: u64)
-        -> Result<FaultOutcome, HookError>;
+    fn page_fault(&self, vcpu: usize, gva: u64, error_code: u64) -> Result<PfAction, HookError>;
     /// The guest asked to load CR3 with guest-physical `root` (validated as a page of guest RAM).
     /// Returns the value to put into the hardware CR3 (a shadow root), or `None` if this mode
     /// does not take CR3 loads by hypercall.
@@ -85,13 +120,8 @@ pub trait GuestContext {
 pub struct NativeMmu;
 
 impl MmuHooks for NativeMmu {
-    fn page_fault(
-        &self,
-        _vcpu: usize,
-        _gva: u64,
-        _error_code: u64,
-    ) -> Result<FaultOutcome, HookError> {
-        Ok(FaultOutcome::GuestFault)
+    fn page_fault(&self, _vcpu: usize, _gva: u64, _error_code: u64) -> Result<PfAction, HookError> {
+        Ok(PfAction::GuestFault)
     }
     fn load_cr3(&self, _vcpu: usize, _root: u64) -> Result<Option<u64>, HookError> {
         Ok(None)
@@ -109,9 +139,7 @@ impl MmuHooks for NativeMmu {
         _value: u64,
         _len: u8,
     ) -> Result<(), HookError> {
-        Err(HookError(format!(
-            "native mode emulates no writes (gpa {gpa:#x})"
-        )))
+        Err(HookError::NativeEmulatesNoWrites { gpa })
     }
     fn flush_before_entry(&self, _vcpu: usize) -> Result<Option<u64>, HookError> {
         // The guest's TLB is the host's business in native mode.

@@ -5,6 +5,11 @@ use std::fmt;
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
+use super::config::HostCoherence;
+use super::emulate::DecodeError;
+use super::hooks::HookError;
 use super::monitor::ExceptionFrame;
 
 /// The guest's registers at a failure.
@@ -110,12 +115,18 @@ pub enum FailureKind {
         /// Milliseconds allowed.
         millis: u64,
     },
-    /// The MMU hook reported a VMM-side error.
-    Mmu(String),
+    /// The MMU hook reported a VMM-side error (shared: a failure report is cloned into the
+    /// run's error; serialised as its message).
+    Mmu(#[serde(serialize_with = "as_message")] Arc<HookError>),
     /// Stopped because another vCPU failed first.
     Stopped(String),
-    /// A store to a guest page table that cannot be emulated (not a MOV-family store).
-    Emulation(String),
+    /// A store to a guest page table that cannot be emulated (not a MOV-family store);
+    /// serialised as its message.
+    Emulation(#[serde(serialize_with = "as_message")] DecodeError),
+}
+
+fn as_message<E: fmt::Display, S: serde::Serializer>(e: &E, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(e)
 }
 
 /// A vCPU's failure, with its registers and last ucall message.
@@ -376,7 +387,7 @@ pub struct RunResult {
     /// Host coherence flushes (pool memslot cycles) the `kvm` backend needed.
     pub host_flushes: Option<u64>,
     /// How the `kvm` backend kept the host coherent, with its counts.
-    pub host_coherence: Option<super::shadow::HostCoherenceStats>,
+    pub host_coherence: Option<HostCoherenceStats>,
 }
 
 impl RunResult {
@@ -393,6 +404,32 @@ impl RunResult {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
+}
+
+/// What the `kvm` backend did to keep the host coherent with its SPTE changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HostCoherenceStats {
+    /// The mechanism.
+    pub mode: HostCoherence,
+    /// `KVM_REQ_TLB_FLUSH` requests handled with a host flush (a replay or a slot cycle).
+    pub flushes: u64,
+    /// Pool memslot cycles ([`HostCoherence::CycleSlot`]).
+    pub slot_cycles: u64,
+    /// Runs of the monitor's replay routine ([`HostCoherence::Replay`]), including those that
+    /// only reloaded CR3.
+    pub replay_runs: u64,
+    /// Of those, runs that only reloaded CR3 (the log was empty: another vCPU had replayed it).
+    pub cr3_only_runs: u64,
+    /// Changed SPTEs the replay routine made the host see.
+    pub sptes_replayed: u64,
+    /// Pool pages the host was made to drop whole (at least `replay_page_zap_min` changed
+    /// SPTEs in one replay), one store each.
+    pub pages_replayed: u64,
+    /// Stores the replay routine made.
+    pub replay_stores: u64,
+    /// Wall-clock time spent in host flushes (replays with their context switches, or slot
+    /// cycles with the parking), summed over vCPUs, in ns.
+    pub flush_ns: u64,
 }
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 //! write-protected upper-level guest tables are decoded (`kvm::emulate`) and emulated.
 //!
 //! Host coherence: the VMM writes shadow PTEs from userspace. A host that itself shadows the
-//! guest's page tables (no EPT/NPT, like this machine's) does not see those writes (see the
-//! module docs of `kvm` and `examples/host_coherence.rs`) except for not-present -> present
-//! changes and added permissions, which its fault path re-walks. Every other SPTE change in
+//! guest's page tables does not see those writes except for not-present -> present changes
+//! and added permissions ([host notes](super#this-host)). Every other SPTE change in
 //! KVM's algorithm is followed by a remote TLB flush (`kvm_flush_remote_tlbs`), which the MMU
 //! delivers as `KVM_REQ_TLB_FLUSH` at the next guest entry. Two ways to catch the host up
 //! there ([`HostCoherence`]):
@@ -38,15 +37,16 @@ use shadowlab_abi::GuestMode;
 use shadowlab_policies::SyncPolicy;
 
 use super::boot::{self, GuestParams};
+use super::config::{FaultInjection, HostCoherence, RunConfig};
 use super::elf::ElfImage;
 use super::error::KvmError;
 use super::guest_image::GUEST_ELF;
-use super::hooks::{FaultOutcome, GuestContext, HookError, MmuHooks};
+use super::hooks::{GuestContext, HookError, MmuHooks, PfAction};
 use super::kick::{new_kicks, VcpuKick};
 use super::monitor;
-use super::report::RunResult;
-use super::run::{first_failure, run_vm, Backend, FaultInjection, HostCoherence, RunConfig};
-use super::vm::{MappedRam, Vm};
+use super::report::{HostCoherenceStats, RunResult};
+use super::run::{first_failure, run_vm, RunParts};
+use super::vm::Vm;
 use crate::mem::{FrameMap, GuestMemory, MemConfig};
 use crate::mmu::{self, Access, Mmu, VcpuMmu, KVM_REQ_MMU_RELOAD, KVM_REQ_TLB_FLUSH};
 
@@ -80,32 +80,6 @@ impl RunGate {
     fn leave(&self) {
         self.in_run.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// What the `kvm` backend did to keep the host coherent with its SPTE changes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct HostCoherenceStats {
-    /// The mechanism.
-    pub mode: HostCoherence,
-    /// `KVM_REQ_TLB_FLUSH` requests handled with a host flush (a replay or a slot cycle).
-    pub flushes: u64,
-    /// Pool memslot cycles ([`HostCoherence::CycleSlot`]).
-    pub slot_cycles: u64,
-    /// Runs of the monitor's replay routine ([`HostCoherence::Replay`]), including those that
-    /// only reloaded CR3.
-    pub replay_runs: u64,
-    /// Of those, runs that only reloaded CR3 (the log was empty: another vCPU had replayed it).
-    pub cr3_only_runs: u64,
-    /// Changed SPTEs the replay routine made the host see.
-    pub sptes_replayed: u64,
-    /// Pool pages the host was made to drop whole (at least `replay_page_zap_min` changed
-    /// SPTEs in one replay), one store each.
-    pub pages_replayed: u64,
-    /// Stores the replay routine made.
-    pub replay_stores: u64,
-    /// Wall-clock time spent in host flushes (replays with their context switches, or slot
-    /// cycles with the parking), summed over vCPUs, in ns.
-    pub flush_ns: u64,
 }
 
 /// The replay routine's entries (monitor VAs) for `log` (sorted SPTE addresses of a pool at
@@ -151,10 +125,6 @@ pub struct ShadowHooks<'a, P: SyncPolicy> {
     replay_without_stores: bool,
     flush_ns: AtomicU64,
     skip_host_flush: bool,
-}
-
-fn hook_err(e: impl std::fmt::Display) -> HookError {
-    HookError(e.to_string())
 }
 
 impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
@@ -262,12 +232,10 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
         let start = Instant::now();
         let result = loop {
             if self.gate.in_run.load(Ordering::SeqCst) == 0 {
-                break self.vm.cycle_pool_slot().map_err(hook_err);
+                break self.vm.cycle_pool_slot().map_err(HookError::from);
             }
             if start.elapsed() > PARK_TIMEOUT {
-                break Err(HookError(
-                    "vCPUs did not leave KVM_RUN for a host flush".into(),
-                ));
+                break Err(HookError::ParkTimeout);
             }
             for (i, k) in self.kicks.iter().enumerate() {
                 if i != me {
@@ -283,28 +251,22 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
 }
 
 impl<P: SyncPolicy> MmuHooks for ShadowHooks<'_, P> {
-    fn page_fault(
-        &self,
-        vcpu: usize,
-        gva: u64,
-        error_code: u64,
-    ) -> Result<FaultOutcome, HookError> {
+    fn page_fault(&self, vcpu: usize, gva: u64, error_code: u64) -> Result<PfAction, HookError> {
         let mut v = self.v(vcpu);
         match self
             .mmu
-            .page_fault(&mut v, gva, Access::from_pfec(error_code as u32))
-            .map_err(hook_err)?
+            .page_fault(&mut v, gva, Access::from_pfec(error_code as u32))?
         {
             // Retry: the requests it left are handled before re-entry, then the access re-runs.
-            mmu::FaultOutcome::Fixed | mmu::FaultOutcome::Retry => Ok(FaultOutcome::Fixed),
-            mmu::FaultOutcome::GuestFault(_) => Ok(FaultOutcome::GuestFault),
-            mmu::FaultOutcome::Emulate { gpa } => Ok(FaultOutcome::Emulate { gpa }),
+            mmu::FaultOutcome::Fixed | mmu::FaultOutcome::Retry => Ok(PfAction::Fixed),
+            mmu::FaultOutcome::GuestFault(_) => Ok(PfAction::GuestFault),
+            mmu::FaultOutcome::Emulate { gpa } => Ok(PfAction::Emulate { gpa }),
         }
     }
 
     fn load_cr3(&self, vcpu: usize, root: u64) -> Result<Option<u64>, HookError> {
         let mut v = self.v(vcpu);
-        self.mmu.kvm_mmu_new_pgd(&mut v, root).map_err(hook_err)?;
+        self.mmu.kvm_mmu_new_pgd(&mut v, root)?;
         Ok(v.root_hpa())
     }
 
@@ -320,9 +282,9 @@ impl<P: SyncPolicy> MmuHooks for ShadowHooks<'_, P> {
 
     fn emulated_write(&self, vcpu: usize, gpa: u64, value: u64, len: u8) -> Result<(), HookError> {
         let bytes = value.to_le_bytes();
-        self.mmu
-            .emulate_write(&self.v(vcpu), gpa, &bytes[..len as usize])
-            .map_err(hook_err)
+        Ok(self
+            .mmu
+            .emulate_write(&self.v(vcpu), gpa, &bytes[..len as usize])?)
     }
 
     fn flush_before_entry(&self, _vcpu: usize) -> Result<Option<u64>, HookError> {
@@ -343,7 +305,7 @@ impl<P: SyncPolicy> MmuHooks for ShadowHooks<'_, P> {
             }
             if req & KVM_REQ_MMU_RELOAD != 0 {
                 let mut v = self.v(vcpu);
-                self.mmu.kvm_mmu_reload(&mut v).map_err(hook_err)?;
+                self.mmu.kvm_mmu_reload(&mut v)?;
                 cr3 = v.root_hpa();
             }
             if req & KVM_REQ_TLB_FLUSH != 0 && !self.skip_host_flush {
@@ -394,9 +356,9 @@ pub fn run_kvm_reports<P: SyncPolicy>(
     })?);
     let vm = Vm::with_guest_memory(mem.clone(), n)?;
     let image = ElfImage::parse(GUEST_ELF)?;
-    let ram = MappedRam(&mem);
+    let ram: &GuestMemory = &mem;
     // Port I/O hypercalls: the MMIO window is not guest RAM, and the shadow MMU maps nothing else.
-    let plan = boot::prepare(&ram, &image, n, GuestMode::Shadow, params, false)?;
+    let plan = boot::prepare(ram, &image, n, GuestMode::Shadow, params, false)?;
     let mmu = Mmu::<P>::new(mem.clone(), n)?;
     mmu.link_monitor(monitor::pml4_entry());
     if config.host_coherence == HostCoherence::Replay {
@@ -418,14 +380,14 @@ pub fn run_kvm_reports<P: SyncPolicy>(
         .enumerate()
         .map(|(i, b)| hooks.boot_cr3(i, b.boot_root))
         .collect::<Result<Vec<_>, _>>()?;
-    let backend = Backend {
+    let parts = RunParts {
         cr3s: &cr3s,
-        mem: &ram,
+        mem: ram,
         mmu: &hooks,
         kicks: &kicks,
-        name: "kvm",
+        mode: GuestMode::Shadow,
     };
-    let mut result = run_vm(&vm, config, &plan, backend)?;
+    let mut result = run_vm(&vm, config, &plan, parts)?;
     result.mmu_stats = serde_json::to_value(mmu.stats()).ok();
     result.host_flushes = Some(hooks.host_flushes());
     result.host_coherence = Some(hooks.host_coherence_stats());

@@ -9,34 +9,7 @@ use shadowlab_abi::{
     UCALL_TEXT_LEN,
 };
 
-use crate::mem::MemError;
-
-/// Guest-physical memory as the exit handler sees it. `native` reads guest RAM directly
-/// (gfn == backing frame); the `kvm` backend translates through its frame map.
-pub trait GuestPhys {
-    /// Bytes of guest RAM (`0..ram_size` is valid).
-    fn ram_size(&self) -> u64;
-    /// Copies `buf.len()` bytes at `gpa`.
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError>;
-    /// Loads an aligned u64 at `gpa` (acquire).
-    fn read_u64(&self, gpa: u64) -> Result<u64, MemError>;
-    /// Stores an aligned u64 at `gpa` (release).
-    fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError>;
-    /// Copies bytes to `gpa`.
-    fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError>;
-    /// Zero-fills `len` bytes at `gpa`.
-    fn fill_zero(&self, gpa: u64, len: u64) -> Result<(), MemError> {
-        const CHUNK: [u8; 4096] = [0; 4096];
-        let mut at = gpa;
-        let end = gpa.checked_add(len).ok_or(MemError::NotGuestRam(gpa))?;
-        while at < end {
-            let n = (end - at).min(CHUNK.len() as u64);
-            self.write_bytes(at, &CHUNK[..n as usize])?;
-            at += n;
-        }
-        Ok(())
-    }
-}
+use crate::mem::{GuestPhys, MemError};
 
 /// A decoded, validated ucall.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,45 +173,23 @@ pub fn write_status<M: GuestPhys + ?Sized>(mem: &M, gpa: u64, status: u64) -> Re
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::kvm::hostmem::{new_region, RegionExt};
+    use crate::kvm::hostmem::new_region;
     use crate::mem::MemRegion;
     use shadowlab_abi::{status, UCALL_OFF_RET};
 
-    /// Guest RAM backed directly by a mapping (as in `native`).
-    pub(crate) struct Ram(pub MemRegion);
-    impl GuestPhys for Ram {
-        fn ram_size(&self) -> u64 {
-            self.0.size()
-        }
-        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-            self.0.read_bytes(gpa, buf)
-        }
-        fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
-            self.0.read_u64(gpa)
-        }
-        fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError> {
-            self.0.write_u64(gpa, value)
-        }
-        fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-            self.0.write_bytes(gpa, data)
-        }
-    }
-
-    pub(crate) fn put(ram: &Ram, gpa: u64, cmd: u64, args: [u64; 6], text: &[u8], len: u64) {
-        ram.0.write_u64(gpa, cmd).unwrap();
+    pub(crate) fn put(ram: &MemRegion, gpa: u64, cmd: u64, args: [u64; 6], text: &[u8], len: u64) {
+        ram.write_u64(gpa, cmd).unwrap();
         for (i, a) in args.iter().enumerate() {
-            ram.0.write_u64(gpa + 8 + 8 * i as u64, *a).unwrap();
+            ram.write_u64(gpa + 8 + 8 * i as u64, *a).unwrap();
         }
-        ram.0
-            .write_u64(gpa + UCALL_OFF_RET, status::PENDING)
-            .unwrap();
-        ram.0.write_u64(gpa + UCALL_OFF_LEN, len).unwrap();
-        ram.0.write_bytes(gpa + UCALL_OFF_TEXT, text).unwrap();
+        ram.write_u64(gpa + UCALL_OFF_RET, status::PENDING).unwrap();
+        ram.write_u64(gpa + UCALL_OFF_LEN, len).unwrap();
+        ram.write_bytes(gpa + UCALL_OFF_TEXT, text).unwrap();
     }
 
     #[test]
     fn decodes_assert_with_file_line_message() {
-        let ram = Ram(new_region(1 << 20).unwrap());
+        let ram = new_region(1 << 20).unwrap();
         put(
             &ram,
             0x4000,
@@ -259,7 +210,7 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_bad_addresses_lengths_and_arguments() {
-        let ram = Ram(new_region(1 << 20).unwrap());
+        let ram = new_region(1 << 20).unwrap();
         assert_eq!(read(&ram, 0x4008), Err(UcallError::BadAddress(0x4008)));
         assert_eq!(read(&ram, 1 << 20), Err(UcallError::BadAddress(1 << 20)));
         assert_eq!(read(&ram, 0), Err(UcallError::BadAddress(0)));

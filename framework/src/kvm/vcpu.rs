@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::VcpuExit;
 use shadowlab_abi::layout::DIRECT_MAP_BASE;
 use shadowlab_abi::{EXCEPTION_PORT, HYPERCALL_MMIO_GPA, NOP_PORT, UCALL_PORT};
 
@@ -14,7 +14,8 @@ use super::hooks::{GuestContext, HookError, MmuHooks};
 use super::kick::{make_all_cpus_request, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
 use super::monitor;
 use super::report::{FailureKind, FaultTiming, GuestFailure, GuestRegs, VcpuReport};
-use super::ucall::GuestPhys;
+use super::vcpu_fd::Vcpu;
+use crate::mem::GuestPhys;
 use crate::mem::MemRegion;
 
 /// What every vCPU thread of a run shares.
@@ -90,7 +91,7 @@ pub fn fetch_insn<M: GuestPhys + ?Sized>(mem: &M, rip: u64) -> Vec<u8> {
 /// port at CPL3, returns the port and the RIP after the instruction.
 ///
 /// Why: the guest runs at CPL3 with IOPL=3, and on a host that honours IOPL its `out` exits
-/// directly. This machine's software-virtualised host does not (a CPL3 `out` raises #GP), so the
+/// directly; on this one a CPL3 `out` raises #GP ([host notes](super#this-host)), so the
 /// monitor reports the #GP and the VMM emulates the `out` from the frame: the stub saved RAX and
 /// RDX, the instruction bytes are read from guest RAM through the direct map (the guest only
 /// runs code from there). Anything else stays a #GP.
@@ -117,8 +118,7 @@ pub fn refused_out<M: GuestPhys + ?Sized>(
 
 /// The vCPU as [`GuestContext`]: runs monitor code on it between two guest entries.
 struct MonitorContext<'a> {
-    vcpu: &'a mut VcpuFd,
-    index: usize,
+    vcpu: &'a mut Vcpu,
     monitor: &'a MemRegion,
     kick: &'a VcpuKick,
     /// Replays entered by hand ([`run_replay_by_hand`]), counted into the vCPU's exits.
@@ -138,10 +138,10 @@ impl GuestContext for MonitorContext<'_> {
         let mut cr3 = cr3;
         let mut chunks = vas.chunks(monitor::REPLAY_CAPACITY).peekable();
         if chunks.peek().is_none() {
-            return run_replay(self, &[], cr3, by_hand).map_err(|e| HookError(e.to_string()));
+            return run_replay(self, &[], cr3, by_hand);
         }
         for chunk in chunks {
-            run_replay(self, chunk, cr3.take(), by_hand).map_err(|e| HookError(e.to_string()))?;
+            run_replay(self, chunk, cr3.take(), by_hand)?;
         }
         Ok(())
     }
@@ -163,22 +163,16 @@ fn run_replay(
     vas: &[u64],
     cr3: Option<u64>,
     by_hand: bool,
-) -> Result<(), KvmError> {
-    let index = ctx.index;
+) -> Result<(), HookError> {
+    let index = ctx.vcpu.index();
     if let Some(cr3) = cr3 {
-        set_cr3(ctx.vcpu, index, cr3)?;
+        ctx.vcpu.set_cr3(cr3)?;
     }
     monitor::write_replay(ctx.monitor, index, vas)?;
     // Parked at the completion exit of the previous round (no KVM_RUN since): the routine
     // re-reads the count when resumed. Otherwise enter it (again: nesting is safe).
     if !std::mem::take(ctx.parked) {
-        let mut events = ctx
-            .vcpu
-            .get_vcpu_events()
-            .map_err(|source| KvmError::VcpuEvents {
-                vcpu: index,
-                source,
-            })?;
+        let mut events = ctx.vcpu.get_vcpu_events()?;
         if by_hand || event_in_flight(&events) {
             return run_replay_by_hand(ctx, events);
         }
@@ -186,12 +180,7 @@ fn run_replay(
         events.exception.nr = monitor::REPLAY_VECTOR;
         events.exception.has_error_code = 0;
         events.exception.error_code = 0;
-        ctx.vcpu
-            .set_vcpu_events(&events)
-            .map_err(|source| KvmError::VcpuEvents {
-                vcpu: index,
-                source,
-            })?;
+        ctx.vcpu.set_vcpu_events(&events)?;
     }
     run_until_replay_done(ctx)?;
     monitor::finish_replay(ctx.monitor, index)?;
@@ -209,24 +198,18 @@ fn event_in_flight(e: &kvm_bindings::kvm_vcpu_events) -> bool {
 
 /// KVM_RUN until the replay routine's completion exit (kicks meanwhile are retried: their
 /// requests are handled before the next guest entry).
-fn run_until_replay_done(ctx: &mut MonitorContext<'_>) -> Result<(), KvmError> {
-    let index = ctx.index;
+fn run_until_replay_done(ctx: &mut MonitorContext<'_>) -> Result<(), HookError> {
+    let vcpu = ctx.vcpu.index();
     loop {
-        match ctx.vcpu.run() {
-            Ok(VcpuExit::IoOut(monitor::REPLAY_DONE_PORT, _)) => return Ok(()),
-            Ok(other) => {
-                return Err(KvmError::Replay {
-                    vcpu: index,
-                    what: format!("{other:?}"),
+        match ctx.vcpu.run()? {
+            Some(VcpuExit::IoOut(monitor::REPLAY_DONE_PORT, _)) => return Ok(()),
+            Some(other) => {
+                return Err(HookError::ReplayStopped {
+                    vcpu,
+                    exit: format!("{other:?}"),
                 })
             }
-            Err(e) if e.errno() == libc::EINTR => ctx.kick.clear_immediate_exit(),
-            Err(source) => {
-                return Err(KvmError::Run {
-                    vcpu: index,
-                    source,
-                })
-            }
+            None => ctx.kick.clear_immediate_exit(),
         }
     }
 }
@@ -240,50 +223,28 @@ fn run_until_replay_done(ctx: &mut MonitorContext<'_>) -> Result<(), KvmError> {
 fn run_replay_by_hand(
     ctx: &mut MonitorContext<'_>,
     events: kvm_bindings::kvm_vcpu_events,
-) -> Result<(), KvmError> {
-    let index = ctx.index;
+) -> Result<(), HookError> {
+    let vcpu = ctx.vcpu.index();
     ctx.kick.set_immediate_exit();
     let completed = ctx.vcpu.run();
     ctx.kick.clear_immediate_exit();
-    match completed {
-        Err(e) if e.errno() == libc::EINTR => {}
-        Ok(other) => {
-            return Err(KvmError::Replay {
-                vcpu: index,
-                what: format!("{other:?} while completing the previous exit"),
-            })
-        }
-        Err(source) => {
-            return Err(KvmError::Run {
-                vcpu: index,
-                source,
-            })
-        }
+    if let Some(other) = completed? {
+        return Err(HookError::ReplayStopped {
+            vcpu,
+            exit: format!("{other:?} while completing the previous exit"),
+        });
     }
     let mut quiet = events;
     quiet.exception.injected = 0;
     quiet.exception.pending = 0;
     quiet.interrupt.injected = 0;
     quiet.nmi.injected = 0;
-    let set_events = |vcpu: &VcpuFd, e: &kvm_bindings::kvm_vcpu_events| {
-        vcpu.set_vcpu_events(e)
-            .map_err(|source| KvmError::VcpuEvents {
-                vcpu: index,
-                source,
-            })
-    };
-    set_events(ctx.vcpu, &quiet)?;
-    let regs = ctx.vcpu.get_regs().map_err(|source| KvmError::GetRegs {
-        vcpu: index,
-        source,
-    })?;
-    let sregs = ctx.vcpu.get_sregs().map_err(|source| KvmError::GetSregs {
-        vcpu: index,
-        source,
-    })?;
+    ctx.vcpu.set_vcpu_events(&quiet)?;
+    let regs = ctx.vcpu.get_regs()?;
+    let sregs = ctx.vcpu.get_sregs()?;
     let mut r = regs;
     r.rip = monitor::replay_entry();
-    r.rsp = shadowlab_abi::layout::MONITOR_BASE + monitor::hand_stack_top_off(index);
+    r.rsp = shadowlab_abi::layout::MONITOR_BASE + monitor::hand_stack_top_off(vcpu);
     r.rflags = 0x2;
     let mut s = sregs;
     // The monitor's flat 64-bit kernel code and data segments (as `monitor`'s GDT has them).
@@ -307,63 +268,37 @@ fn run_replay_by_hand(
         l: 0,
         ..s.cs
     };
-    let set = |vcpu: &VcpuFd,
-               s: &kvm_bindings::kvm_sregs,
-               r: &kvm_bindings::kvm_regs|
-     -> Result<(), KvmError> {
-        vcpu.set_sregs(s).map_err(|source| KvmError::SetSregs {
-            vcpu: index,
-            source,
-        })?;
-        vcpu.set_regs(r).map_err(|source| KvmError::SetRegs {
-            vcpu: index,
-            source,
-        })
-    };
-    set(ctx.vcpu, &s, &r)?;
+    ctx.vcpu.set_sregs(&s)?;
+    ctx.vcpu.set_regs(&r)?;
     run_until_replay_done(ctx)?;
-    set(ctx.vcpu, &sregs, &regs)?;
-    set_events(ctx.vcpu, &events)?;
+    ctx.vcpu.set_sregs(&sregs)?;
+    ctx.vcpu.set_regs(&regs)?;
+    ctx.vcpu.set_vcpu_events(&events)?;
     // The routine never reaches its own exit path: the vCPU is back where it was.
-    monitor::finish_replay(ctx.monitor, index)?;
+    monitor::finish_replay(ctx.monitor, vcpu)?;
     ctx.by_hand += 1;
     Ok(())
 }
 
-fn regs_of(vcpu: &VcpuFd) -> Option<GuestRegs> {
+fn regs_of(vcpu: &Vcpu) -> Option<GuestRegs> {
     let r = vcpu.get_regs().ok()?;
     let s = vcpu.get_sregs().ok()?;
     Some(GuestRegs::from_kvm(&r, &s))
 }
 
-fn set_cr3(vcpu: &VcpuFd, index: usize, cr3: u64) -> Result<(), KvmError> {
-    let mut s = vcpu.get_sregs().map_err(|source| KvmError::GetSregs {
-        vcpu: index,
-        source,
-    })?;
-    s.cr3 = cr3;
-    vcpu.set_sregs(&s).map_err(|source| KvmError::SetSregs {
-        vcpu: index,
-        source,
-    })
-}
-
-/// Runs vCPU `index` until DONE, a failure, or a stop request; the vCPU fd is dropped at the end.
-pub fn run_vcpu<M, H>(
-    mut vcpu: VcpuFd,
-    index: usize,
-    sh: &Shared<'_, M, H>,
-) -> Result<VcpuReport, KvmError>
+/// Runs `vcpu` until DONE, a failure, or a stop request; the vCPU fd is dropped at the end.
+pub fn run_vcpu<M, H>(mut vcpu: Vcpu, sh: &Shared<'_, M, H>) -> Result<VcpuReport, KvmError>
 where
     M: GuestPhys + ?Sized,
     H: MmuHooks + ?Sized,
 {
+    let index = vcpu.index();
     let kick = &sh.kicks[index];
-    let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
+    let immediate_exit = vcpu.immediate_exit_ptr();
     // SAFETY: the kvm_run mapping lives as long as `vcpu`, which outlives the registration
     // (unregistered below before `vcpu` is dropped); this thread runs the vCPU.
     unsafe { kick.register(immediate_exit) };
-    let result = vcpu_loop(&mut vcpu, index, sh);
+    let result = vcpu_loop(&mut vcpu, sh);
     kick.unregister();
     let (st, outcome) = result?;
     if outcome.is_err() {
@@ -382,14 +317,14 @@ where
 
 type LoopResult = Result<(ExitState, Result<super::report::Done, GuestFailure>), KvmError>;
 
-fn vcpu_loop<M, H>(vcpu: &mut VcpuFd, index: usize, sh: &Shared<'_, M, H>) -> LoopResult
+fn vcpu_loop<M, H>(vcpu: &mut Vcpu, sh: &Shared<'_, M, H>) -> LoopResult
 where
     M: GuestPhys + ?Sized,
     H: MmuHooks + ?Sized,
 {
-    let mut st = ExitState::new(index);
+    let mut st = ExitState::new(vcpu.index());
     loop {
-        if let Some(outcome) = step(vcpu, index, sh, &mut st)? {
+        if let Some(outcome) = step(vcpu, sh, &mut st)? {
             return Ok((st, outcome));
         }
     }
@@ -401,8 +336,7 @@ pub type Outcome = Result<super::report::Done, GuestFailure>;
 /// One round of the vCPU loop: pending requests, one KVM_RUN, the exit decoded and handled.
 /// `Ok(None)`: re-enter. Public so that a benchmark can drive the real VMM path exit by exit.
 pub fn step<M, H>(
-    vcpu: &mut VcpuFd,
-    index: usize,
+    vcpu: &mut Vcpu,
     sh: &Shared<'_, M, H>,
     st: &mut ExitState,
 ) -> Result<Option<Outcome>, KvmError>
@@ -410,8 +344,9 @@ where
     M: GuestPhys + ?Sized,
     H: MmuHooks + ?Sized,
 {
+    let index = vcpu.index();
     let kick = &sh.kicks[index];
-    let fail = |st: &ExitState, vcpu: &VcpuFd, kind: FailureKind| GuestFailure {
+    let fail = |st: &ExitState, vcpu: &Vcpu, kind: FailureKind| GuestFailure {
         kind,
         regs: regs_of(vcpu),
         last_message: st.last_message.clone(),
@@ -428,14 +363,13 @@ where
     }
     if kick.check_request(REQ_TLB_FLUSH) {
         match sh.mmu.flush_before_entry(index) {
-            Ok(Some(cr3)) => set_cr3(vcpu, index, cr3)?,
+            Ok(Some(cr3)) => vcpu.set_cr3(cr3)?,
             Ok(None) => {}
-            Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.0))))),
+            Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.into()))))),
         }
     }
     let mut ctx = MonitorContext {
         vcpu,
-        index,
         monitor: sh.monitor,
         kick,
         by_hand: 0,
@@ -445,26 +379,20 @@ where
     let by_hand = ctx.by_hand;
     st.exits.replay_by_hand += by_hand;
     match entry {
-        Ok(Some(cr3)) => set_cr3(vcpu, index, cr3)?,
+        Ok(Some(cr3)) => vcpu.set_cr3(cr3)?,
         Ok(None) => {}
-        Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.0))))),
+        Err(e) => return Ok(Some(Err(fail(st, vcpu, FailureKind::Mmu(e.into()))))),
     }
     // Whatever this run does, a parked replay routine may resume (and return to the guest).
     st.replay_parked = false;
     let ran = vcpu.run();
     sh.mmu.after_exit(index);
-    let decoded = match ran {
-        Ok(exit) => decode(exit),
-        Err(e) if e.errno() == libc::EINTR => {
+    let decoded = match ran? {
+        Some(exit) => decode(exit),
+        None => {
             st.exits.kicked += 1;
             kick.clear_immediate_exit();
             return Ok(None);
-        }
-        Err(source) => {
-            return Err(KvmError::Run {
-                vcpu: index,
-                source,
-            })
         }
     };
     let mut refused_out_next_rip = None;
@@ -483,22 +411,13 @@ where
                     value: frame.rax as u32,
                 }
             } else {
-                let cr2 = vcpu
-                    .get_sregs()
-                    .map_err(|source| KvmError::GetSregs {
-                        vcpu: index,
-                        source,
-                    })?
-                    .cr2;
+                let cr2 = vcpu.get_sregs()?.cr2;
                 DecodedExit::Exception { frame, cr2 }
             }
         }
-        DecodedExit::InternalError { .. } => {
-            // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
-            // active union member.
-            let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
-            DecodedExit::InternalError { suberror }
-        }
+        DecodedExit::InternalError { .. } => DecodedExit::InternalError {
+            suberror: vcpu.internal_error_suberror().unwrap_or(0),
+        },
         d => d,
     };
     let is_pf = matches!(decoded, DecodedExit::Exception { frame, .. } if frame.vector == super::exit::PF_VECTOR);
@@ -518,26 +437,17 @@ where
     }
     match action {
         ExitAction::Resume => {}
-        ExitAction::ResumeSetCr3(cr3) => set_cr3(vcpu, index, cr3)?,
+        ExitAction::ResumeSetCr3(cr3) => vcpu.set_cr3(cr3)?,
         ExitAction::ResumeRejectAddress if refused_out_next_rip.is_some() => {
             monitor::set_frame_rax(sh.monitor, index, u64::from(u32::MAX))?;
         }
         ExitAction::ResumeRejectAddress => {
-            let mut r = vcpu.get_regs().map_err(|source| KvmError::GetRegs {
-                vcpu: index,
-                source,
-            })?;
+            let mut r = vcpu.get_regs()?;
             r.rax = u64::from(u32::MAX);
-            vcpu.set_regs(&r).map_err(|source| KvmError::SetRegs {
-                vcpu: index,
-                source,
-            })?;
+            vcpu.set_regs(&r)?;
         }
         ExitAction::EmulateStore { gpa, frame } => {
-            let regs = vcpu.get_regs().map_err(|source| KvmError::GetRegs {
-                vcpu: index,
-                source,
-            })?;
+            let regs = vcpu.get_regs()?;
             let gprs = Gprs::at_fault(&regs, &frame);
             let insn = fetch_insn(sh.mem, frame.rip);
             match complete_emulation(st, gpa, &frame, &insn, &gprs, sh.mmu) {

@@ -5,47 +5,27 @@ use kvm_bindings::{
     kvm_fpu, kvm_regs, kvm_segment, kvm_userspace_memory_region, kvm_xcrs, CpuId,
     KVM_MAX_CPUID_ENTRIES,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use shadowlab_abi::layout::{direct_map, MONITOR_BASE};
 use shadowlab_abi::{VcpuBoot, BOOT_INFO_GPA};
 
 use super::error::KvmError;
 use super::hostmem::{new_region, RegionExt};
 use super::layout::{MAX_RAM, MIN_RAM, MONITOR_GPA, MONITOR_SLOT, RAM_SLOT, SHADOW_POOL_SLOT};
+use super::memslot::MemslotError;
 use super::monitor::{
     self, CODE_SEL, DATA_SEL, GDT_LIMIT, GDT_OFF, IDT_OFF, MONITOR_SIZE, TSS_OFF, TSS_SEL0,
     TSS_STRIDE, USER_CODE_SEL, USER_DATA_SEL,
 };
-use super::ucall::GuestPhys;
-use crate::mem::{GuestMemory, MemError, MemRegion};
+use super::vcpu_fd::Vcpu;
+use crate::mem::{GuestMemory, MemRegion};
 use std::sync::Arc;
+use x86_64::registers::control::{Cr0Flags, Cr4Flags};
+use x86_64::registers::model_specific::EferFlags;
 
-/// CR0 bits.
-mod cr0 {
-    pub const PE: u64 = 1 << 0;
-    pub const MP: u64 = 1 << 1;
-    pub const EM: u64 = 1 << 2;
-    pub const ET: u64 = 1 << 4;
-    pub const NE: u64 = 1 << 5;
-    /// Supervisor writes honour read-only PTEs: without it a CPL0 guest would write straight
-    /// through the shadow MMU's write protection.
-    pub const WP: u64 = 1 << 16;
-    pub const NW: u64 = 1 << 29;
-    pub const CD: u64 = 1 << 30;
-    pub const PG: u64 = 1 << 31;
-}
-const CR4_PAE: u64 = 1 << 5;
-const CR4_OSFXSR: u64 = 1 << 9;
-const CR4_OSXMMEXCPT: u64 = 1 << 10;
-const CR4_OSXSAVE: u64 = 1 << 18;
-/// XCR0: x87 and SSE state. A host that runs the guest with the guest's XCR0 in hardware (a
-/// software-virtualised host such as kvm_pvm does) raises #UD on SSE instructions when XCR0 lacks
-/// the SSE bit, so XSAVE is enabled and XCR0 set whenever the CPU has XSAVE.
+/// XCR0: x87 and SSE state, set whenever the CPU has XSAVE ([host notes](super#this-host):
+/// without the SSE bit the guest's SSE instructions raise #UD).
 const XCR0_X87_SSE: u64 = 0x3;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
-
 /// A VM with guest RAM and the monitor mapped.
 pub struct Vm {
     // Field order is drop order: the VM fd (and with it the memslots) goes before the memory.
@@ -140,8 +120,12 @@ impl Vm {
             ram: Ram::Own(mmap(ram_size)?),
             monitor,
         };
-        vm.add_memslot(RAM_SLOT, 0, vm.ram())?;
-        vm.add_memslot(MONITOR_SLOT, MONITOR_GPA, &vm.monitor)?;
+        // SAFETY: both regions are fields of `vm`, dropped after its VM fd (field order of
+        // `Vm`); `Vm` keeps that order.
+        unsafe {
+            vm.add_memslot(RAM_SLOT, 0, vm.ram())?;
+            vm.add_memslot(MONITOR_SLOT, MONITOR_GPA, &vm.monitor)?;
+        }
         monitor::build(&vm.monitor, nr_vcpus)?;
         Ok(vm)
     }
@@ -165,17 +149,12 @@ impl Vm {
             ram: Ram::Shadowed(mem),
             monitor,
         };
-        let host = vm.ram().host_addr();
         if let Ram::Shadowed(m) = &vm.ram {
-            vm.set_slot(RAM_SLOT, 0, m.ram_bytes(), host)?;
-            vm.set_slot(
-                SHADOW_POOL_SLOT,
-                m.pool_base(),
-                m.pool_frames() * 4096,
-                host + m.pool_base(),
-            )?;
+            vm.set_pool_slots(m)?;
         }
-        vm.add_memslot(MONITOR_SLOT, MONITOR_GPA, &vm.monitor)?;
+        // SAFETY: the monitor is a field of `vm`, dropped after its VM fd (field order of
+        // `Vm`); `Vm` keeps that order.
+        unsafe { vm.add_memslot(MONITOR_SLOT, MONITOR_GPA, &vm.monitor)? };
         monitor::build(&vm.monitor, nr_vcpus)?;
         if let Ram::Shadowed(m) = &vm.ram {
             // The replay routine stores to SPTEs through this mapping (`kvm::shadow`).
@@ -184,25 +163,60 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Deletes and re-adds the shadow pool's memslot. On a host that shadows the guest's page
-    /// tables itself, this is what makes it drop its shadows of the pool pages, so that SPTE
-    /// changes the VMM wrote from userspace are seen (see the module docs). No vCPU may be in
-    /// KVM_RUN meanwhile (the caller parks them).
-    pub fn cycle_pool_slot(&self) -> Result<(), KvmError> {
-        let Ram::Shadowed(m) = &self.ram else {
-            return Err(KvmError::Config("no shadow pool in a native VM".into()));
-        };
-        let host = self.ram().host_addr() + m.pool_base();
-        self.set_slot(SHADOW_POOL_SLOT, m.pool_base(), 0, host)?;
-        self.set_slot(
-            SHADOW_POOL_SLOT,
-            m.pool_base(),
-            m.pool_frames() * 4096,
-            host,
-        )
+    /// Memslots [`RAM_SLOT`] (RAM backing frames) and [`SHADOW_POOL_SLOT`] on `m`, the VM's
+    /// own [`GuestMemory`].
+    fn set_pool_slots(&self, m: &GuestMemory) -> Result<(), MemslotError> {
+        let host = m.region().host_addr();
+        // SAFETY: `m` is the VM's `Ram::Shadowed` memory, an `Arc` field of `self` dropped
+        // after the VM fd (field order of `Vm`); RAM frames and pool lie inside its region
+        // (`GuestMemory`'s layout: RAM frames from 0, the pool at `pool_base`).
+        unsafe {
+            self.set_slot(RAM_SLOT, 0, m.ram_bytes(), host)?;
+            self.set_slot(
+                SHADOW_POOL_SLOT,
+                m.pool_base(),
+                m.pool_frames() * 4096,
+                host + m.pool_base(),
+            )
+        }
     }
 
-    fn set_slot(&self, slot: u32, gpa: u64, size: u64, host: u64) -> Result<(), KvmError> {
+    /// Deletes and re-adds the shadow pool's memslot. On a host that shadows the guest's page
+    /// tables itself, this is what makes it drop its shadows of the pool pages, so that SPTE
+    /// changes the VMM wrote from userspace are seen (see the [host notes](super#this-host)).
+    /// No vCPU may be in KVM_RUN meanwhile (the caller parks them).
+    pub fn cycle_pool_slot(&self) -> Result<(), MemslotError> {
+        let Ram::Shadowed(m) = &self.ram else {
+            return Err(MemslotError::NoShadowPool);
+        };
+        let host = m.region().host_addr() + m.pool_base();
+        // SAFETY: as in `set_pool_slots`: the pool lies in the VM's own `GuestMemory`, which
+        // outlives the VM fd; size 0 deletes the slot.
+        unsafe {
+            self.set_slot(SHADOW_POOL_SLOT, m.pool_base(), 0, host)?;
+            self.set_slot(
+                SHADOW_POOL_SLOT,
+                m.pool_base(),
+                m.pool_frames() * 4096,
+                host,
+            )
+        }
+    }
+
+    /// KVM_SET_USER_MEMORY_REGION: memslot `slot` at `gpa`, `size` bytes backed by host
+    /// address `host` (size 0 deletes the slot).
+    ///
+    /// # Safety
+    ///
+    /// `host..host + size` must be a live mapping that stays mapped until the slot is deleted
+    /// or the VM fd is closed: KVM (and through it the guest) reads and writes it meanwhile.
+    unsafe fn set_slot(
+        &self,
+        slot: u32,
+        gpa: u64,
+        size: u64,
+        host: u64,
+    ) -> Result<(), MemslotError> {
         let region = kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -210,10 +224,10 @@ impl Vm {
             memory_size: size,
             userspace_addr: host,
         };
-        // SAFETY: `host..host+size` lies inside the VM's own guest-memory region (a field of
-        // `self`, dropped after the VM fd); size 0 deletes the slot.
+        // SAFETY: the caller keeps the host range mapped for the slot's life (this function's
+        // contract).
         unsafe { self.vm_fd.set_user_memory_region(region) }.map_err(|source| {
-            KvmError::SetUserMemoryRegion {
+            MemslotError::SetUserMemoryRegion {
                 slot,
                 gpa,
                 size,
@@ -222,26 +236,16 @@ impl Vm {
         })
     }
 
-    /// Adds a memslot backed by `mem` (which must outlive the VM fd: it is a field of `self` or
-    /// owned by the caller for the VM's lifetime).
-    pub fn add_memslot(&self, slot: u32, gpa: u64, mem: &MemRegion) -> Result<(), KvmError> {
-        let region = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: gpa,
-            memory_size: mem.size(),
-            userspace_addr: mem.host_addr(),
-        };
-        // SAFETY: the host range is a live mapping of exactly memory_size bytes that is dropped
-        // only after the VM fd (field order of `Vm`, or the caller's contract above).
-        unsafe { self.vm_fd.set_user_memory_region(region) }.map_err(|source| {
-            KvmError::SetUserMemoryRegion {
-                slot,
-                gpa,
-                size: mem.size(),
-                source,
-            }
-        })
+    /// Adds a memslot backed by all of `mem`.
+    ///
+    /// # Safety
+    ///
+    /// `mem` must outlive the VM fd (in practice: it is a field of `self`, and `Vm`'s field
+    /// order drops the VM fd first), as [`Vm::set_slot`] requires of its range.
+    unsafe fn add_memslot(&self, slot: u32, gpa: u64, mem: &MemRegion) -> Result<(), MemslotError> {
+        // SAFETY: `mem` is a live mapping of `mem.size()` bytes that outlives the VM fd (this
+        // function's contract).
+        unsafe { self.set_slot(slot, gpa, mem.size(), mem.host_addr()) }
     }
 
     /// The VM fd.
@@ -275,14 +279,8 @@ impl Vm {
         entry: u64,
         boot: &VcpuBoot,
         cr3: u64,
-    ) -> Result<VcpuFd, KvmError> {
-        let vcpu = self
-            .vm_fd
-            .create_vcpu(index as u64)
-            .map_err(|source| KvmError::CreateVcpu {
-                vcpu: index,
-                source,
-            })?;
+    ) -> Result<Vcpu, KvmError> {
+        let vcpu = Vcpu::create(&self.vm_fd, index)?;
         let mut cpuid = self.cpuid.clone();
         for e in cpuid.as_mut_slice() {
             match e.function {
@@ -292,16 +290,9 @@ impl Vm {
                 _ => {}
             }
         }
-        vcpu.set_cpuid2(&cpuid)
-            .map_err(|source| KvmError::SetCpuid2 {
-                vcpu: index,
-                source,
-            })?;
+        vcpu.set_cpuid2(&cpuid)?;
 
-        let mut sregs = vcpu.get_sregs().map_err(|source| KvmError::GetSregs {
-            vcpu: index,
-            source,
-        })?;
+        let mut sregs = vcpu.get_sregs()?;
         let code = kvm_segment {
             base: 0,
             limit: 0xffff_ffff,
@@ -355,20 +346,34 @@ impl Vm {
         sregs.gdt.limit = GDT_LIMIT;
         sregs.idt.base = MONITOR_BASE + IDT_OFF;
         sregs.idt.limit = 16 * 256 - 1;
-        sregs.cr0 = (sregs.cr0 | cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP | cr0::PG)
-            & !(cr0::EM | cr0::NW | cr0::CD);
+        // WP: supervisor writes honour read-only PTEs; without it a CPL0 guest would write
+        // straight through the shadow MMU's write protection.
+        let cr0 = Cr0Flags::from_bits_retain(sregs.cr0)
+            | Cr0Flags::PROTECTED_MODE_ENABLE
+            | Cr0Flags::MONITOR_COPROCESSOR
+            | Cr0Flags::EXTENSION_TYPE
+            | Cr0Flags::NUMERIC_ERROR
+            | Cr0Flags::WRITE_PROTECT
+            | Cr0Flags::PAGING;
+        sregs.cr0 = (cr0
+            - (Cr0Flags::EMULATE_COPROCESSOR
+                | Cr0Flags::NOT_WRITE_THROUGH
+                | Cr0Flags::CACHE_DISABLE))
+            .bits();
         let has_xsave = cpuid
             .as_slice()
             .iter()
             .any(|e| e.function == 1 && e.ecx & (1 << 26) != 0);
-        sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | if has_xsave { CR4_OSXSAVE } else { 0 };
-        sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
+        let mut cr4 =
+            Cr4Flags::PHYSICAL_ADDRESS_EXTENSION | Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE;
+        cr4.set(Cr4Flags::OSXSAVE, has_xsave);
+        sregs.cr4 = cr4.bits();
+        sregs.efer = (EferFlags::LONG_MODE_ENABLE
+            | EferFlags::LONG_MODE_ACTIVE
+            | EferFlags::NO_EXECUTE_ENABLE)
+            .bits();
         sregs.cr3 = cr3;
-        vcpu.set_sregs(&sregs)
-            .map_err(|source| KvmError::SetSregs {
-                vcpu: index,
-                source,
-            })?;
+        vcpu.set_sregs(&sregs)?;
 
         if has_xsave {
             let mut xcrs = kvm_xcrs {
@@ -377,20 +382,14 @@ impl Vm {
             };
             xcrs.xcrs[0].xcr = 0;
             xcrs.xcrs[0].value = XCR0_X87_SSE;
-            vcpu.set_xcrs(&xcrs).map_err(|source| KvmError::SetXcrs {
-                vcpu: index,
-                source,
-            })?;
+            vcpu.set_xcrs(&xcrs)?;
         }
         let fpu = kvm_fpu {
             fcw: 0x37f,
             mxcsr: 0x1f80,
             ..Default::default()
         };
-        vcpu.set_fpu(&fpu).map_err(|source| KvmError::SetFpu {
-            vcpu: index,
-            source,
-        })?;
+        vcpu.set_fpu(&fpu)?;
 
         let regs = kvm_regs {
             rip: entry,
@@ -401,60 +400,7 @@ impl Vm {
             rflags: 0x2 | (3 << 12),
             ..Default::default()
         };
-        vcpu.set_regs(&regs).map_err(|source| KvmError::SetRegs {
-            vcpu: index,
-            source,
-        })?;
+        vcpu.set_regs(&regs)?;
         Ok(vcpu)
-    }
-}
-
-/// Guest RAM where gfn == backing frame (`native`): the exit handler's view.
-#[derive(Clone, Copy, Debug)]
-pub struct DirectRam<'a>(pub &'a MemRegion);
-
-impl GuestPhys for DirectRam<'_> {
-    fn ram_size(&self) -> u64 {
-        self.0.size()
-    }
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.0.read_bytes(gpa, buf)
-    }
-    fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
-        self.0.read_u64(gpa)
-    }
-    fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError> {
-        self.0.write_u64(gpa, value)
-    }
-    fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-        self.0.write_bytes(gpa, data)
-    }
-    fn fill_zero(&self, gpa: u64, len: u64) -> Result<(), MemError> {
-        self.0.fill_zero(gpa, len)
-    }
-}
-
-/// Guest RAM behind the shadow MMU's frame map (`kvm`): guest-physical addresses are
-/// translated gfn -> backing frame by [`GuestMemory`].
-#[derive(Clone, Copy, Debug)]
-pub struct MappedRam<'a>(pub &'a GuestMemory);
-
-impl GuestPhys for MappedRam<'_> {
-    fn ram_size(&self) -> u64 {
-        self.0.ram_bytes()
-    }
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.0.read_gpa(gpa, buf)
-    }
-    fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
-        self.0
-            .read_gpa_u64(gpa, std::sync::atomic::Ordering::Acquire)
-    }
-    fn write_u64(&self, gpa: u64, value: u64) -> Result<(), MemError> {
-        self.0
-            .write_gpa_u64(gpa, value, std::sync::atomic::Ordering::Release)
-    }
-    fn write_bytes(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-        self.0.write_gpa(gpa, data)
     }
 }

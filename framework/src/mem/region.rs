@@ -44,6 +44,37 @@ pub enum MemError {
     NotGuestRam(u64),
 }
 
+/// Errors compare by what they say: an OS error by its errno (or its kind, if it has none),
+/// so that an MMU or hook error can be compared in the exit handler's tests.
+impl PartialEq for MemError {
+    fn eq(&self, other: &Self) -> bool {
+        use MemError::*;
+        match (self, other) {
+            (Mmap { len: a, source: x }, Mmap { len: b, source: y }) => {
+                a == b && x.raw_os_error() == y.raw_os_error() && x.kind() == y.kind()
+            }
+            (BadSize(a), BadSize(b)) => a == b,
+            (
+                OutOfBounds {
+                    offset: a,
+                    len: b,
+                    size: c,
+                },
+                OutOfBounds {
+                    offset: x,
+                    len: y,
+                    size: z,
+                },
+            ) => (a, b, c) == (x, y, z),
+            (Misaligned(a), Misaligned(b)) => a == b,
+            (NotGuestRam(a), NotGuestRam(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for MemError {}
+
 /// An anonymous, page-aligned, zero-filled mapping of host memory, unmapped on drop.
 ///
 /// Its host address and length are what the KVM backend registers as a memslot

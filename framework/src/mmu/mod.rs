@@ -145,7 +145,7 @@ pub const MIN_FREE_PAGES: usize = 3;
 
 /// A failure of the VMM side of an MMU operation (guest-visible faults are
 /// [`FaultOutcome::GuestFault`], not errors).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MmuError {
     /// The pool is too small for the roots pinned by the vCPUs.
     #[error("shadow pool exhausted: {pool} pages, {free} free after recycling; every other page is a root in use (enlarge the pool or reduce vCPUs)")]
