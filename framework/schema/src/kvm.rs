@@ -1,8 +1,5 @@
-//! The `kvm` and `native` backends' counters.
-//!
-//! `framework/src/kvm` still has its own definitions of [`ExitCounts`], [`FaultTiming`] and
-//! [`HostCoherenceStats`] while that module is being re-cut; the worker converts them into these
-//! (same fields, same JSON) and the re-cut replaces them with `pub use shadowlab_schema::…`.
+//! The `kvm` and `native` backends' counters: defined here once, filled by `framework/src/kvm`
+//! (which re-exports them) and read by the driver.
 
 use std::collections::BTreeMap;
 
@@ -48,6 +45,23 @@ pub struct FaultTiming {
     pub p90_ns: u64,
     /// Largest, ns.
     pub max_ns: u64,
+}
+
+impl FaultTiming {
+    /// Summarises samples (ns): count, median, 90th percentile (nearest rank) and maximum.
+    pub fn of(mut ns: Vec<u32>) -> Self {
+        if ns.is_empty() {
+            return Self::default();
+        }
+        ns.sort_unstable();
+        let q = |p: f64| u64::from(ns[(((ns.len() - 1) as f64) * p).round() as usize]);
+        Self {
+            count: ns.len() as u64,
+            median_ns: q(0.5),
+            p90_ns: q(0.9),
+            max_ns: u64::from(ns[ns.len() - 1]),
+        }
+    }
 }
 
 /// How the `kvm` backend makes a host that shadows the pool see SPTE changes.

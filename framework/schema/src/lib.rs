@@ -8,6 +8,7 @@
 
 mod kvm;
 mod mmu;
+mod perf;
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use kvm::{ExitCounts, FaultTiming, HostCoherence, HostCoherenceStats, KvmStats};
 pub use mmu::{LockStats, MmuStats, SimCpuStats};
+pub use perf::{PerfCounts, Reading};
 
 /// The version of this schema, written in every result as `schema_version`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -146,6 +148,10 @@ pub struct VcpuResult {
     pub hypercalls: u64,
     /// Per-op latency.
     pub latency: LatencySummary,
+    /// The vCPU thread's perf counters over the measured region (absent in results written
+    /// before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf: Option<PerfCounts>,
 }
 
 /// The parameters the workload ran with (defaults resolved).

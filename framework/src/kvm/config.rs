@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub use shadowlab_schema::HostCoherence;
+
 use super::layout::DEFAULT_RAM;
 
 /// How the guest's hypercalls reach the VMM.
@@ -44,19 +46,6 @@ pub enum FaultInjection {
     /// (only its CR3 reload), to show that the stores in guest context are what makes the
     /// host drop its stale translations.
     ReplayWithoutStores,
-}
-
-/// How the `kvm` backend makes a host that shadows the pool see SPTE changes (`kvm::shadow`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum HostCoherence {
-    /// The vCPU re-stores the logged SPTEs in guest context through the monitor's replay
-    /// routine, then reloads CR3 (the default).
-    #[default]
-    Replay,
-    /// Delete and re-add the pool's memslot with every vCPU parked (the first design: correct,
-    /// about 100 us a flush plus every host shadow page lost; kept for comparison).
-    CycleSlot,
 }
 
 /// Default of [`RunConfig::replay_page_zap_min`], as measured ([host notes](super#this-host):

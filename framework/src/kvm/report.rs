@@ -7,10 +7,11 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
-use super::config::HostCoherence;
 use super::emulate::DecodeError;
 use super::hooks::HookError;
 use super::monitor::ExceptionFrame;
+pub use shadowlab_schema::{ExitCounts, FaultTiming, HostCoherenceStats};
+use shadowlab_schema::{MmuStats, PerfCounts};
 
 /// The guest's registers at a failure.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -178,34 +179,6 @@ impl fmt::Display for GuestFailure {
     }
 }
 
-/// Exit counts of one vCPU, by reason.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ExitCounts {
-    /// No-op hypercalls.
-    pub nop: u64,
-    /// ucalls (all commands).
-    pub ucall: u64,
-    /// ucalls refused (bad address, command or argument).
-    pub ucall_rejected: u64,
-    /// MMU hypercalls.
-    pub mmu_hypercall: u64,
-    /// Exceptions reported by the monitor.
-    pub exception: u64,
-    /// Page faults fixed by the MMU.
-    pub page_fault_fixed: u64,
-    /// Guest page-table stores emulated.
-    pub emulated_write: u64,
-    /// Hypercall `out`s that reached the VMM as a #GP (a host that refuses CPL3 port I/O
-    /// despite IOPL=3) and were emulated; they are also counted as `nop`/`ucall`.
-    pub emulated_out: u64,
-    /// KVM_RUN returns with EINTR (kicks).
-    pub kicked: u64,
-    /// Host-coherence replays entered by hand because an event was in flight (`kvm::vcpu`).
-    pub replay_by_hand: u64,
-    /// Other exits.
-    pub other: u64,
-}
-
 /// What the guest reported on DONE.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Done {
@@ -317,37 +290,6 @@ impl WorkloadReport {
     }
 }
 
-/// VMM-side time to handle the guest's page faults (the MMU's fault handler and everything
-/// around it in the exit handler, not the exit).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct FaultTiming {
-    /// Faults timed.
-    pub count: u64,
-    /// Median, ns.
-    pub median_ns: u64,
-    /// 90th percentile, ns.
-    pub p90_ns: u64,
-    /// Largest, ns.
-    pub max_ns: u64,
-}
-
-impl FaultTiming {
-    /// Summarises samples (ns).
-    pub fn of(mut ns: Vec<u32>) -> Self {
-        if ns.is_empty() {
-            return Self::default();
-        }
-        ns.sort_unstable();
-        let q = |p: f64| u64::from(ns[(((ns.len() - 1) as f64) * p).round() as usize]);
-        Self {
-            count: ns.len() as u64,
-            median_ns: q(0.5),
-            p90_ns: q(0.9),
-            max_ns: u64::from(ns[ns.len() - 1]),
-        }
-    }
-}
-
 /// One vCPU's report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VcpuReport {
@@ -363,6 +305,8 @@ pub struct VcpuReport {
     pub prints: Vec<String>,
     /// VMM-side page-fault handling time.
     pub fault_handling: FaultTiming,
+    /// The vCPU thread's perf counters over its run of the guest.
+    pub perf: PerfCounts,
 }
 
 /// A whole run.
@@ -383,7 +327,7 @@ pub struct RunResult {
     /// Delta of the vCPUs' cumulative binary stats, summed over vCPUs.
     pub kvm_vcpu_stats: BTreeMap<String, u64>,
     /// Our shadow MMU's counters (`kvm` backend).
-    pub mmu_stats: Option<serde_json::Value>,
+    pub mmu_stats: Option<MmuStats>,
     /// Host coherence flushes (pool memslot cycles) the `kvm` backend needed.
     pub host_flushes: Option<u64>,
     /// How the `kvm` backend kept the host coherent, with its counts.
@@ -404,32 +348,6 @@ impl RunResult {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
-}
-
-/// What the `kvm` backend did to keep the host coherent with its SPTE changes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct HostCoherenceStats {
-    /// The mechanism.
-    pub mode: HostCoherence,
-    /// `KVM_REQ_TLB_FLUSH` requests handled with a host flush (a replay or a slot cycle).
-    pub flushes: u64,
-    /// Pool memslot cycles ([`HostCoherence::CycleSlot`]).
-    pub slot_cycles: u64,
-    /// Runs of the monitor's replay routine ([`HostCoherence::Replay`]), including those that
-    /// only reloaded CR3.
-    pub replay_runs: u64,
-    /// Of those, runs that only reloaded CR3 (the log was empty: another vCPU had replayed it).
-    pub cr3_only_runs: u64,
-    /// Changed SPTEs the replay routine made the host see.
-    pub sptes_replayed: u64,
-    /// Pool pages the host was made to drop whole (at least `replay_page_zap_min` changed
-    /// SPTEs in one replay), one store each.
-    pub pages_replayed: u64,
-    /// Stores the replay routine made.
-    pub replay_stores: u64,
-    /// Wall-clock time spent in host flushes (replays with their context switches, or slot
-    /// cycles with the parking), summed over vCPUs, in ns.
-    pub flush_ns: u64,
 }
 
 #[cfg(test)]

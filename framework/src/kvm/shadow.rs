@@ -388,7 +388,7 @@ pub fn run_kvm_reports<P: SyncPolicy>(
         mode: GuestMode::Shadow,
     };
     let mut result = run_vm(&vm, config, &plan, parts)?;
-    result.mmu_stats = serde_json::to_value(mmu.stats()).ok();
+    result.mmu_stats = Some(mmu.stats());
     result.host_flushes = Some(hooks.host_flushes());
     result.host_coherence = Some(hooks.host_coherence_stats());
     Ok(result)

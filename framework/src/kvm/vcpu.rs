@@ -17,6 +17,7 @@ use super::report::{FailureKind, FaultTiming, GuestFailure, GuestRegs, VcpuRepor
 use super::vcpu_fd::Vcpu;
 use crate::mem::GuestPhys;
 use crate::mem::MemRegion;
+use crate::perf::ThreadCounters;
 
 /// What every vCPU thread of a run shares.
 pub struct Shared<'a, M: ?Sized, H: ?Sized> {
@@ -298,7 +299,11 @@ where
     // SAFETY: the kvm_run mapping lives as long as `vcpu`, which outlives the registration
     // (unregistered below before `vcpu` is dropped); this thread runs the vCPU.
     unsafe { kick.register(immediate_exit) };
+    // This thread's counters around the guest's run (KVM_RUN included: kernel time counts).
+    let mut counters = ThreadCounters::open();
+    counters.start();
     let result = vcpu_loop(&mut vcpu, sh);
+    let perf = counters.stop();
     kick.unregister();
     let (st, outcome) = result?;
     if outcome.is_err() {
@@ -312,6 +317,7 @@ where
         syncs: st.syncs,
         prints: st.prints,
         fault_handling: FaultTiming::of(st.fault_ns),
+        perf,
     })
 }
 

@@ -3,7 +3,8 @@
 
 use shadowlab_policies::{PolicyInfo, Soundness};
 use shadowlab_schema::{
-    LatencySummary, ParamsRecord, PolicyRecord, VcpuResult, Verdict, WorkerResult, SCHEMA_VERSION,
+    LatencySummary, ParamsRecord, PerfCounts, PolicyRecord, VcpuResult, Verdict, WorkerResult,
+    SCHEMA_VERSION,
 };
 use shadowlab_workloads::{Histogram, Report, Run, Workload};
 
@@ -40,7 +41,7 @@ pub fn latency_summary(h: &Histogram, unit: &str) -> LatencySummary {
 }
 
 /// One vCPU's result from the workload's report.
-pub fn vcpu_result(r: &Report, unit: &str) -> VcpuResult {
+pub fn vcpu_result(r: &Report, unit: &str, perf: Option<PerfCounts>) -> VcpuResult {
     VcpuResult {
         vcpu: r.vcpu,
         ops: r.ops,
@@ -51,6 +52,7 @@ pub fn vcpu_result(r: &Report, unit: &str) -> VcpuResult {
         tlb_flushes: r.tlb_flushes,
         hypercalls: r.hypercalls,
         latency: latency_summary(&r.latency, unit),
+        perf,
     }
 }
 
@@ -86,8 +88,8 @@ pub fn new_result(args: &WorkerArgs, workload: &Workload, backend: Backend) -> W
     }
 }
 
-/// Adds one vCPU's report to `result`.
-pub fn add_vcpu(result: &mut WorkerResult, report: &Report, unit: &str) {
+/// Adds one vCPU's report, and its thread's perf counters, to `result`.
+pub fn add_vcpu(result: &mut WorkerResult, report: &Report, unit: &str, perf: Option<PerfCounts>) {
     result.ops += report.ops;
-    result.per_vcpu.push(vcpu_result(report, unit));
+    result.per_vcpu.push(vcpu_result(report, unit, perf));
 }

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use shadowlab_workloads::Workload;
 
-use serde::{de::DeserializeOwned, Serialize};
 use shadowlab_schema::{BackendStats, KvmStats};
 
 use super::args::HostCoherence as HostCoherenceArg;
@@ -52,57 +51,26 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
     };
     result.elapsed_ns = run.elapsed_ns;
     let mut failures = Vec::new();
-    match run.mmu_stats.as_ref().map(to_schema).transpose() {
-        Ok(mmu) => result.mmu = mmu,
-        Err(e) => failures.push(e),
-    }
+    result.mmu = run.mmu_stats.clone();
     for v in &run.vcpus {
         match &v.outcome {
             Ok(done) => match &done.report {
-                Some(r) => add_vcpu(&mut result, &r.to_report(), "tsc"),
+                Some(r) => add_vcpu(&mut result, &r.to_report(), "tsc", Some(v.perf.clone())),
                 None => failures.push(format!("vCPU {}: DONE without a workload report", v.vcpu)),
             },
             Err(f) => failures.push(format!("vCPU {}: {f}", v.vcpu)),
         }
     }
-    let stats = (|| -> Result<KvmStats, String> {
-        Ok(KvmStats {
-            host_cpus: run.host_cpus,
-            oversubscribed: config.nr_vcpus > run.host_cpus,
-            kvm_vm_stats: run.kvm_vm_stats.clone(),
-            kvm_vcpu_stats: run.kvm_vcpu_stats.clone(),
-            host_coherence_flushes: run.host_flushes,
-            host_coherence: run.host_coherence.as_ref().map(to_schema).transpose()?,
-            exits: run
-                .vcpus
-                .iter()
-                .map(|v| to_schema(&v.exits))
-                .collect::<Result<_, _>>()?,
-            fault_handling: run
-                .vcpus
-                .iter()
-                .map(|v| to_schema(&v.fault_handling))
-                .collect::<Result<_, _>>()?,
-        })
-    })();
-    match stats {
-        Ok(s) => result.backend_stats = BackendStats::Kvm(Box::new(s)),
-        Err(e) => failures.push(e),
-    }
+    result.backend_stats = BackendStats::Kvm(Box::new(KvmStats {
+        host_cpus: run.host_cpus,
+        oversubscribed: config.nr_vcpus > run.host_cpus,
+        kvm_vm_stats: run.kvm_vm_stats.clone(),
+        kvm_vcpu_stats: run.kvm_vcpu_stats.clone(),
+        host_coherence_flushes: run.host_flushes,
+        host_coherence: run.host_coherence,
+        exits: run.vcpus.iter().map(|v| v.exits.clone()).collect(),
+        fault_handling: run.vcpus.iter().map(|v| v.fault_handling.clone()).collect(),
+    }));
     result.conclude(failures);
     Ok(result)
-}
-
-/// Converts one of `kvm`'s report values into the schema's type of the same fields. `kvm/`
-/// keeps its own definitions while it is re-cut; once it uses `shadowlab_schema`'s, this goes.
-/// A mismatch is a failed run with the reason, never a panic.
-fn to_schema<T: Serialize, U: DeserializeOwned>(v: &T) -> Result<U, String> {
-    serde_json::to_value(v)
-        .and_then(serde_json::from_value)
-        .map_err(|e| {
-            format!(
-                "result schema: {} does not match: {e}",
-                std::any::type_name::<U>()
-            )
-        })
 }
