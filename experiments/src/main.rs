@@ -1,7 +1,10 @@
 //! `shadowlab`: the driver. Model-checks the policies, and (as later issues land) builds the
 //! worker once per policy, runs the workloads, stores results and reports.
 
+mod disasm;
 mod info;
+mod matrix_figure;
+mod report;
 mod verify;
 mod worker;
 
@@ -25,6 +28,10 @@ enum Command {
     /// Describe this host: KVM flavour (bare-metal VMX/SVM, nested, software/paravirtual), the
     /// capabilities the framework relies on, perf counters, and what is missing.
     Info(info::InfoArgs),
+    /// Write the paper's generated tables and figures (default: into paper/generated/): the
+    /// verdict matrix, and what each policy's lockless check compiles to, decoded from the
+    /// policy builds of shadowlab-vmm.
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,5 +66,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Verify(args) => verify::run(&args),
         Command::Info(args) => info::run(&args),
+        Command::Report(args) => report::run(&args),
     }
 }
