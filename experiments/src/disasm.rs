@@ -601,10 +601,8 @@ pub fn render_latex(all: &[PolicyListing]) -> String {
         for f in &p.listing.paths {
             let _ = writeln!(
                 s,
-                "\\paragraph{{\\texttt{{{}}}}} \\texttt{{{}}}, {} bytes; listed up to {}, {} \
-                 instructions.",
+                "\\paragraph{{\\texttt{{{}}}}} {} bytes; listed up to {}, {} instructions.",
                 latex_escape(p.policy),
-                latex_escape(&f.function),
                 f.size,
                 latex_escape(f.end.describe()),
                 f.lines.len()
@@ -613,6 +611,9 @@ pub fn render_latex(all: &[PolicyListing]) -> String {
                 s,
                 "\\begin{{lstlisting}}[basicstyle=\\ttfamily\\scriptsize,breaklines=true,columns=fullflexible,keepspaces=true]"
             );
+            // The function's (long, generic) name as the listing's first line: lstlisting
+            // breaks it where a paragraph could not.
+            let _ = writeln!(s, "; {}", f.function);
             for l in &f.lines {
                 let _ = writeln!(
                     s,
