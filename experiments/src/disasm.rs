@@ -781,6 +781,58 @@ mod tests {
             .starts_with("rustc version"));
     }
 
+    /// On the real worker builds: the check is found, and the fast path ends where the module
+    /// doc says, at the call of the MMU lock's `write`; only seqcst-fence holds an ordering
+    /// instruction before it.
+    #[test]
+    fn in_every_policy_build_the_fast_path_ends_at_the_mmu_lock() {
+        let root = crate::report::workspace_root();
+        let mut builds = vec![(
+            "rmb-fence".to_string(),
+            root.join("target/release/shadowlab-vmm"),
+        )];
+        for p in shadowlab_policies::ALL {
+            builds.push((
+                p.name.to_string(),
+                root.join("target/policy-builds/bin")
+                    .join(p.name)
+                    .join("shadowlab-vmm"),
+            ));
+        }
+        let mut checked = 0;
+        for (policy, bin) in builds {
+            if !bin.exists() {
+                println!("SKIPPED {policy}: no build at {}", bin.display());
+                continue;
+            }
+            assert_eq!(crate::worker::policy_of(&bin).unwrap(), policy);
+            let l = listing(&bin).unwrap();
+            assert!(
+                l.paths
+                    .iter()
+                    .any(|f| f.function.ends_with("::kvm_mmu_sync_roots")),
+                "{policy}"
+            );
+            for f in &l.paths {
+                let last = f.lines.last().unwrap();
+                assert_eq!(f.end, End::Call, "{policy}: {}", last.text);
+                assert!(
+                    last.text.contains("MmuLock<T>::write"),
+                    "{policy}: {}",
+                    last.text
+                );
+                let barriers = f.lines.iter().filter(|l| l.barrier).count();
+                assert_eq!(barriers, usize::from(policy == "seqcst-fence"), "{policy}");
+            }
+            checked += 1;
+        }
+        assert!(
+            checked > 0 || std::env::var_os("CI").is_none(),
+            "no worker build found (build one: cargo build --release)"
+        );
+        println!("checked {checked} builds");
+    }
+
     #[test]
     fn a_missing_function_and_a_non_elf_are_one_line_errors() {
         let exe = std::env::current_exe().expect("the test binary's path");
