@@ -1,14 +1,18 @@
-//! `shadowlab`: the driver. Model-checks the policies, and (as later issues land) builds the
-//! worker once per policy, runs the workloads, stores results and reports.
+//! `shadowlab`: the driver. Model-checks the policies, builds the worker once per policy, runs
+//! the matrix, stores results with their provenance, compares and merges runs, and writes the
+//! paper's generated tables and figures.
 
 mod build;
 mod compare;
+mod disasm;
 mod error;
 mod info;
 mod list;
 mod matrix;
+mod matrix_figure;
 mod merge;
 mod progress;
+mod report;
 mod results;
 mod run;
 mod summary;
@@ -44,6 +48,10 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Join the shard folders of one run into one run folder.
     Merge(merge::MergeArgs),
+    /// Write the paper's generated tables and figures (default: into paper/generated/): the
+    /// verdict matrix, and what each policy's lockless check compiles to, decoded from the
+    /// policy builds of shadowlab-vmm.
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,5 +90,6 @@ fn main() -> ExitCode {
         Command::List => list::run(),
         Command::Compare(args) => compare::run(&args),
         Command::Merge(args) => merge::run(&args),
+        Command::Report(args) => report::run(&args),
     }
 }

@@ -1,0 +1,421 @@
+//! `shadowlab report`: writes the paper's generated tables and figures into one folder
+//! (default `paper/generated/`).
+//!
+//! Today it makes the pieces that need no benchmark run:
+//! - `verdict-matrix.svg`, `verdict-matrix.tex`: the loom verdict matrix ([`crate::matrix_figure`]);
+//! - `compiles-to.md`, `compiles-to.tex`: the lockless check's fast path decoded from each
+//!   policy build of `shadowlab-vmm` ([`crate::disasm`]).
+//!
+//! **Adding run-based pieces.** Every piece is a [`Piece`] (a file name and its bytes) made by
+//! a function of its inputs; [`pieces`] gathers them and [`write_all`] writes them atomically
+//! (temporary file, then rename). A results folder (`bench-results/<run-id>/` with
+//! `manifest.json`, `samples.csv`, `summary.json`) becomes one more input: parse it once,
+//! then add one function per table or figure (cost per policy with its intervals and the A/A
+//! floor, scaling with vCPUs on sim, always-lock's lock-wait share, ours against native per
+//! workload, the perf-stat-like per-cell report), each returning its `Piece`s, and a
+//! `ReportError` variant per new way to fail. The paper includes each run-based file under
+//! `\IfFileExists`, so it builds before any run exists.
+//!
+//! **Figures in LaTeX.** SVG is what is generated and committed; `paper/latexmkrc` converts each
+//! `generated/*.svg` to PDF with `rsvg-convert` (Debian `librsvg2-bin`) when the paper is built,
+//! so no binary PDF (whose bytes carry a creation date) needs to be committed or compared.
+//!
+//! `--check` makes every piece in memory and compares it with what is in the folder, byte for
+//! byte: the test that the committed paper is not stale.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use shadowlab_policies::model::verdict_matrix;
+
+use crate::disasm::{self, DisasmError, PolicyListing};
+use crate::matrix_figure::{self, FigureError};
+
+/// The workspace root: where `paper/` and `target/` are (this crate is `<root>/experiments`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Options of `shadowlab report`.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Output folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Where the policy builds are: DIR/<policy>/shadowlab-vmm [default: target/policy-builds/bin]
+    #[arg(long, value_name = "DIR")]
+    workers: Option<PathBuf>,
+    /// Fail on a missing policy build instead of building it with cargo.
+    #[arg(long)]
+    no_build: bool,
+    /// Write nothing: compare what would be written with the output folder, byte for byte, and
+    /// exit 1 naming every file that differs.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Why a report could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Drawing or tabulating the verdict matrix failed.
+    #[error(transparent)]
+    Figure(#[from] FigureError),
+    /// A policy build could not be decoded.
+    #[error(transparent)]
+    Disasm(#[from] DisasmError),
+    /// A policy build is missing and `--no-build` was given.
+    #[error("no {policy} build at {path} (run without --no-build to build it)")]
+    MissingWorker {
+        /// The policy.
+        policy: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// cargo could not be started.
+    #[error("cannot run cargo to build the {policy} worker: {source}")]
+    CargoSpawn {
+        /// The policy.
+        policy: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// cargo failed.
+    #[error("building the {policy} worker failed: cargo exited with {status}")]
+    CargoFailed {
+        /// The policy.
+        policy: &'static str,
+        /// cargo's exit status.
+        status: std::process::ExitStatus,
+    },
+    /// A binary at a policy's path was built with another policy.
+    #[error("{path} was built with policy {actual}, not {policy}")]
+    WrongPolicy {
+        /// The policy wanted.
+        policy: &'static str,
+        /// The binary.
+        path: PathBuf,
+        /// What its `--version` says.
+        actual: String,
+    },
+    /// Asking a worker for its policy failed.
+    #[error(transparent)]
+    Worker(#[from] crate::worker::WorkerError),
+    /// A file or folder could not be written or read.
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// One generated file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// File name inside the output folder.
+    pub name: &'static str,
+    /// Its contents.
+    pub bytes: Vec<u8>,
+}
+
+/// The pieces made from the model alone (no binary, no run): reproducible on any machine.
+pub fn model_pieces() -> Result<Vec<Piece>, ReportError> {
+    let cells = verdict_matrix();
+    Ok(vec![
+        Piece {
+            name: "verdict-matrix.svg",
+            bytes: matrix_figure::svg(&cells)?.into_bytes(),
+        },
+        Piece {
+            name: "verdict-matrix.tex",
+            bytes: matrix_figure::latex(&cells)?.into_bytes(),
+        },
+    ])
+}
+
+/// The names of [`binary_pieces`].
+pub const BINARY_PIECE_NAMES: [&str; 2] = ["compiles-to.md", "compiles-to.tex"];
+
+/// The pieces made from the policy builds: depend on the toolchain that built them.
+pub fn binary_pieces(listings: &[PolicyListing]) -> Vec<Piece> {
+    vec![
+        Piece {
+            name: BINARY_PIECE_NAMES[0],
+            bytes: disasm::render_markdown(listings).into_bytes(),
+        },
+        Piece {
+            name: BINARY_PIECE_NAMES[1],
+            bytes: disasm::render_latex(listings).into_bytes(),
+        },
+    ]
+}
+
+/// The build of `policy` under `workers`, built with cargo first if it is missing and
+/// `build` is set. Each build goes through one cargo target directory,
+/// `target/policy-builds` (the one `scripts/test` uses for the other policies, so that the
+/// dependencies are compiled once), and is copied to `workers/<policy>/shadowlab-vmm`.
+pub fn policy_build(
+    policy: &'static str,
+    feature: &str,
+    workers: &Path,
+    build: bool,
+) -> Result<PathBuf, ReportError> {
+    let dest = workers.join(policy).join("shadowlab-vmm");
+    if !dest.exists() {
+        if !build {
+            return Err(ReportError::MissingWorker { policy, path: dest });
+        }
+        let root = workspace_root();
+        let target = root.join("target/policy-builds");
+        eprintln!("shadowlab report: building shadowlab-vmm with {feature} ...");
+        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target)
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "shadowlab-framework",
+                "--bin",
+                "shadowlab-vmm",
+                "--no-default-features",
+                "--features",
+                feature,
+            ])
+            .status()
+            .map_err(|source| ReportError::CargoSpawn { policy, source })?;
+        if !status.success() {
+            return Err(ReportError::CargoFailed { policy, status });
+        }
+        let dir = workers.join(policy);
+        let io = |what: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ReportError::Io { what, path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let tmp = dir.join(format!(".shadowlab-vmm.{}.tmp", std::process::id()));
+        std::fs::copy(target.join("release/shadowlab-vmm"), &tmp).map_err(io("copy to", &tmp))?;
+        std::fs::rename(&tmp, &dest).map_err(io("rename to", &dest))?;
+    }
+    let actual = crate::worker::policy_of(&dest)?;
+    if actual != policy {
+        return Err(ReportError::WrongPolicy {
+            policy,
+            path: dest,
+            actual,
+        });
+    }
+    Ok(dest)
+}
+
+/// Every policy build under `workers`, decoded, in the paper's policy order.
+pub fn policy_listings(workers: &Path, build: bool) -> Result<Vec<PolicyListing>, ReportError> {
+    shadowlab_policies::ALL
+        .iter()
+        .map(|p| {
+            let bin = policy_build(p.name, p.feature(), workers, build)?;
+            Ok(PolicyListing {
+                policy: p.name,
+                listing: disasm::listing(&bin)?,
+            })
+        })
+        .collect()
+}
+
+/// Every piece of the report.
+pub fn pieces(workers: &Path, build: bool) -> Result<Vec<Piece>, ReportError> {
+    let mut all = model_pieces()?;
+    all.extend(binary_pieces(&policy_listings(workers, build)?));
+    // Run-based pieces go here (see the module doc).
+    Ok(all)
+}
+
+/// Writes each piece into `out` (created if missing): a temporary file, then a rename.
+pub fn write_all(out: &Path, pieces: &[Piece]) -> Result<(), ReportError> {
+    std::fs::create_dir_all(out).map_err(|source| ReportError::Io {
+        what: "create the output folder",
+        path: out.to_path_buf(),
+        source,
+    })?;
+    for p in pieces {
+        let dest = out.join(p.name);
+        let tmp = out.join(format!(".{}.{}.tmp", p.name, std::process::id()));
+        std::fs::write(&tmp, &p.bytes).map_err(|source| ReportError::Io {
+            what: "write",
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, &dest).map_err(|source| ReportError::Io {
+            what: "rename to",
+            path: dest,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The names of the pieces whose file in `out` is missing or differs.
+pub fn stale(out: &Path, pieces: &[Piece]) -> Vec<&'static str> {
+    pieces
+        .iter()
+        .filter(|p| std::fs::read(out.join(p.name)).ok().as_deref() != Some(&p.bytes[..]))
+        .map(|p| p.name)
+        .collect()
+}
+
+/// Runs `shadowlab report`.
+pub fn run(args: &ReportArgs) -> ExitCode {
+    let root = workspace_root();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("paper/generated"));
+    let workers = args
+        .workers
+        .clone()
+        .unwrap_or_else(|| root.join("target/policy-builds/bin"));
+    let made = match pieces(&workers, !args.no_build) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("shadowlab report: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check {
+        let differ = stale(&out, &made);
+        if differ.is_empty() {
+            println!(
+                "shadowlab report --check: {} files in {} are what report makes",
+                made.len(),
+                out.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        for name in &differ {
+            eprintln!(
+                "shadowlab report --check: {} differs from what report makes (rerun shadowlab report)",
+                out.join(name).display()
+            );
+        }
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = write_all(&out, &made) {
+        eprintln!("shadowlab report: error: {e}");
+        return ExitCode::FAILURE;
+    }
+    for p in &made {
+        println!("wrote {}", out.join(p.name).display());
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The model's pieces are reproducible on any machine: the committed ones must be exactly
+    /// what report makes now.
+    #[test]
+    fn committed_model_pieces_are_what_report_makes() {
+        let out = workspace_root().join("paper/generated");
+        let made = model_pieces().unwrap();
+        let differ = stale(&out, &made);
+        assert!(
+            differ.is_empty(),
+            "stale in paper/generated: {differ:?} (run: cargo run --release --bin shadowlab -- report)"
+        );
+    }
+
+    /// The disassembly depends on the toolchain. Where the five policy builds are present and
+    /// were built by the compiler the committed listing names, it must be exactly what report
+    /// makes from them; otherwise what is checked is what holds for any toolchain: the
+    /// committed listing covers every policy and states the x86-64 / AArch64 fact.
+    #[test]
+    fn committed_compiles_to_is_what_report_makes_from_these_builds() {
+        let root = workspace_root();
+        let md = std::fs::read_to_string(root.join("paper/generated/compiles-to.md"))
+            .expect("paper/generated/compiles-to.md is committed");
+        for p in shadowlab_policies::ALL {
+            assert!(
+                md.contains(&format!("\n## `{}`\n", p.name)),
+                "{} missing",
+                p.name
+            );
+        }
+        assert!(md.contains("AArch64 is where they differ"), "{md}");
+        assert!(md.contains("`dmb ishld`") && md.contains("`ldar`"), "{md}");
+        match policy_listings(&root.join("target/policy-builds/bin"), false) {
+            Ok(listings) => {
+                let compiler = listings[0].listing.compiler.clone().unwrap_or_default();
+                if !md.contains(&compiler) {
+                    println!(
+                        "SKIPPED exact comparison: the builds are by {compiler}, the committed \
+                         listing by another compiler"
+                    );
+                    return;
+                }
+                let out = root.join("paper/generated");
+                let differ = stale(&out, &binary_pieces(&listings));
+                assert!(
+                    differ.is_empty(),
+                    "stale in paper/generated: {differ:?} (run: cargo run --release --bin shadowlab -- report)"
+                );
+            }
+            Err(e) => println!("SKIPPED exact comparison: {e}"),
+        }
+    }
+
+    /// Nothing in paper/generated/ that report does not make (the PDFs there are converted from
+    /// the SVGs by paper/latexmkrc and ignored by git).
+    #[test]
+    fn paper_generated_holds_only_what_report_makes() {
+        let out = workspace_root().join("paper/generated");
+        let mut made: Vec<String> = model_pieces()
+            .unwrap()
+            .iter()
+            .map(|p| p.name.to_string())
+            .chain(BINARY_PIECE_NAMES.iter().map(|n| n.to_string()))
+            .collect();
+        made.sort();
+        let mut present: Vec<String> = std::fs::read_dir(&out)
+            .expect("paper/generated exists")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.') && !n.ends_with(".pdf"))
+            .collect();
+        present.sort();
+        assert_eq!(present, made);
+    }
+
+    #[test]
+    fn write_then_check_round_trips_and_a_change_is_named() {
+        let dir = std::env::temp_dir().join(format!("shadowlab-report-{}", std::process::id()));
+        let made = model_pieces().unwrap();
+        write_all(&dir, &made).unwrap();
+        assert!(stale(&dir, &made).is_empty());
+        std::fs::write(dir.join("verdict-matrix.tex"), b"edited by hand").unwrap();
+        assert_eq!(stale(&dir, &made), vec!["verdict-matrix.tex"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unwritable_output_folder_is_a_one_line_error() {
+        let e = write_all(Path::new("/proc/shadowlab-no/such"), &[]).unwrap_err();
+        assert!(matches!(e, ReportError::Io { .. }), "{e}");
+        assert_eq!(e.to_string().lines().count(), 1);
+        let e = policy_build(
+            "rmb-fence",
+            "policy-rmb-fence",
+            Path::new("/nonexistent"),
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ReportError::MissingWorker { .. }), "{e}");
+    }
+}

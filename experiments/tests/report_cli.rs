@@ -1,0 +1,70 @@
+//! `shadowlab report` end to end: bad input is one line on stderr with a non-zero exit, and
+//! nothing is written when a piece cannot be made.
+
+use std::process::Command;
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "shadowlab-report-cli-{}-{name}",
+        std::process::id()
+    ))
+}
+
+#[test]
+fn a_missing_policy_build_with_no_build_is_one_line_and_writes_nothing() {
+    let workers = tmp("workers");
+    let out = tmp("out");
+    std::fs::create_dir_all(&workers).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_shadowlab"))
+        .args(["report", "--no-build", "--workers"])
+        .arg(&workers)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("shadowlab runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("shadowlab report: error: no acquire-load build at"),
+        "{stderr}"
+    );
+    assert!(
+        !out.exists(),
+        "nothing may be written when a piece cannot be made"
+    );
+    std::fs::remove_dir_all(&workers).unwrap();
+}
+
+#[test]
+fn a_worker_that_is_not_an_elf_is_one_line() {
+    let workers = tmp("junk-workers");
+    let dir = workers.join("acquire-load");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("shadowlab-vmm");
+    // A script that claims the right policy but is no ELF binary.
+    std::fs::write(&bin, "#!/bin/sh\necho 'policy: acquire-load'\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_shadowlab"))
+        .args(["report", "--no-build", "--check", "--workers"])
+        .arg(&workers)
+        .output()
+        .expect("shadowlab runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is not an ELF binary"), "{stderr}");
+    std::fs::remove_dir_all(&workers).unwrap();
+}
+
+#[test]
+fn an_unknown_option_is_exit_2() {
+    let run = Command::new(env!("CARGO_BIN_EXE_shadowlab"))
+        .args(["report", "--no-such-option"])
+        .output()
+        .expect("shadowlab runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
