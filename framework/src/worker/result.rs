@@ -165,6 +165,8 @@ impl WorkerResult {
             per_vcpu: Vec::new(),
             mmu: None,
             backend_stats: serde_json::Value::Null,
+            layout_pad: crate::layout::LAYOUT_PAD,
+            pinning: None,
         }
     }
 
@@ -226,4 +228,11 @@ pub struct WorkerResult {
     pub mmu: Option<serde_json::Value>,
     /// Backend-specific counters (sim: TLB hits, walks, ...).
     pub backend_stats: serde_json::Value,
+    /// Bytes of layout padding in this binary's `.text` (`SHADOWLAB_LAYOUT_PAD` at build time,
+    /// see `crate::layout`): two builds that differ only in it differ only in code layout.
+    pub layout_pad: usize,
+    /// Where each vCPU thread was pinned (`--pin`), and whether vCPUs outnumbered the CPUs;
+    /// `None` where the threads were not pinned (no `--pin`; the kvm and native backends do
+    /// not pin yet).
+    pub pinning: Option<crate::pin::Pinning>,
 }
