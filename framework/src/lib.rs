@@ -3,9 +3,12 @@
 //! (Host detection is the `shadowlab-host` crate.)
 
 pub mod kvm;
+pub mod layout;
+pub mod measure;
 pub mod mem;
 pub mod mmu;
 pub mod perf;
+pub mod pin;
 pub mod policy;
 pub mod sim;
 pub mod worker;

@@ -154,6 +154,29 @@ pub struct VcpuResult {
     pub perf: Option<PerfCounts>,
 }
 
+/// Which host CPU each vCPU thread is (to be) pinned to, as recorded in the worker's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pinning {
+    /// vCPU `i` → the host CPU it runs on; `None` for a vCPU whose thread did not pin itself
+    /// (a run that stopped before that thread started).
+    pub map: Vec<Option<usize>>,
+    /// More vCPUs than allowed CPUs: some vCPUs share a CPU (round-robin).
+    pub oversubscribed: bool,
+    /// CPUs the process was allowed to run on when the plan was made.
+    pub allowed_cpus: Vec<usize>,
+}
+
+impl Pinning {
+    /// The same plan with every entry `None`: filled in by the threads as they pin themselves.
+    pub fn unfilled(&self) -> Pinning {
+        Pinning {
+            map: vec![None; self.map.len()],
+            oversubscribed: self.oversubscribed,
+            allowed_cpus: self.allowed_cpus.clone(),
+        }
+    }
+}
+
 /// The parameters the workload ran with (defaults resolved).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParamsRecord {
@@ -216,6 +239,13 @@ pub struct WorkerResult {
     pub mmu: Option<MmuStats>,
     /// Backend-specific counters.
     pub backend_stats: BackendStats,
+    /// Bytes of padding the worker was built with ahead of the MMU's code
+    /// (`SHADOWLAB_LAYOUT_PAD`): same code, another layout, for the layout-varied A/A.
+    #[serde(default)]
+    pub layout_pad: u64,
+    /// Where each vCPU thread was pinned (`--pin`), or `None` when it was not.
+    #[serde(default)]
+    pub pinning: Option<Pinning>,
 }
 
 impl WorkerResult {
@@ -282,6 +312,8 @@ mod tests {
                 ..MmuStats::default()
             }),
             backend_stats: stats,
+            layout_pad: 0,
+            pinning: None,
         }
     }
 

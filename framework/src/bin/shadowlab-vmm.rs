@@ -12,11 +12,25 @@ use clap::Parser;
 use shadowlab_framework::worker::{self, Verdict, WorkerArgs};
 use shadowlab_framework::BUILD_POLICY;
 
+// The layout knob's padding (SHADOWLAB_LAYOUT_PAD, see framework/build.rs and
+// shadowlab_framework::layout): in this crate, whose objects the linker places ahead of the
+// library's, so that the MMU's code follows it.
+include!(concat!(env!("OUT_DIR"), "/layout_pad_asm.rs"));
+
+/// The padding this binary holds, bytes: measured between its symbols, so that it is what the
+/// linker kept (referencing them is also what keeps the section from `--gc-sections`).
+fn layout_pad_bytes() -> usize {
+    let start = core::ptr::addr_of!(shadowlab_layout_pad_start) as usize;
+    let end = core::ptr::addr_of!(shadowlab_layout_pad_end) as usize;
+    end - start
+}
+
 fn version() -> String {
     let mut v = format!(
-        "shadowlab-vmm {}\npolicy: {}",
+        "shadowlab-vmm {}\npolicy: {}\nlayout-pad: {}",
         env!("CARGO_PKG_VERSION"),
-        BUILD_POLICY.name
+        BUILD_POLICY.name,
+        layout_pad_bytes()
     );
     if BUILD_POLICY.soundness == shadowlab_policies::Soundness::Unsound {
         v.push_str("\nWARNING: UNSOUND negative-control build (runs only with --allow-unsound)");

@@ -77,6 +77,8 @@ pub struct RunConfig {
     /// registers), the fallback normally taken only when an event is already being delivered
     /// to the guest. For tests of that path.
     pub replay_by_hand: bool,
+    /// Pin each vCPU thread to its own host CPU where there are enough ([`crate::pin`]).
+    pub pin: bool,
 }
 
 impl Default for RunConfig {
@@ -91,6 +93,7 @@ impl Default for RunConfig {
             host_coherence: HostCoherence::Replay,
             replay_page_zap_min: DEFAULT_REPLAY_PAGE_ZAP_MIN,
             replay_by_hand: false,
+            pin: false,
         }
     }
 }

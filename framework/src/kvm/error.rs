@@ -63,6 +63,9 @@ pub enum KvmError {
     /// Installing the kick signal handler failed.
     #[error("installing the vCPU kick signal handler: {0}")]
     SignalHandler(std::io::Error),
+    /// Planning or applying the vCPU threads' CPU pinning failed.
+    #[error("pinning vCPU threads: {0}")]
+    Pin(#[from] crate::pin::PinError),
     /// Spawning a vCPU thread failed.
     #[error("spawning the thread of vCPU {vcpu}: {source}")]
     SpawnThread {

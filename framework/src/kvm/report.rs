@@ -11,7 +11,7 @@ use super::emulate::DecodeError;
 use super::hooks::HookError;
 use super::monitor::ExceptionFrame;
 pub use shadowlab_schema::{ExitCounts, FaultTiming, HostCoherenceStats};
-use shadowlab_schema::{MmuStats, PerfCounts};
+use shadowlab_schema::{MmuStats, PerfCounts, Pinning};
 
 /// The guest's registers at a failure.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -307,6 +307,8 @@ pub struct VcpuReport {
     pub fault_handling: FaultTiming,
     /// The vCPU thread's perf counters over its run of the guest.
     pub perf: PerfCounts,
+    /// The host CPU the thread pinned itself to (`RunConfig::pin`).
+    pub pinned_cpu: Option<usize>,
 }
 
 /// A whole run.
@@ -332,6 +334,8 @@ pub struct RunResult {
     pub host_flushes: Option<u64>,
     /// How the `kvm` backend kept the host coherent, with its counts.
     pub host_coherence: Option<HostCoherenceStats>,
+    /// Where each vCPU thread was pinned, if the run pinned them.
+    pub pinning: Option<Pinning>,
 }
 
 impl RunResult {

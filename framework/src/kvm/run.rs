@@ -107,6 +107,13 @@ where
         timed_out: &timed_out,
         timeout_ms: config.timeout.as_millis() as u64,
     };
+    // Planned here, applied by each vCPU thread to itself as it starts.
+    let pin_plan = if config.pin {
+        Some(crate::pin::plan(n)?)
+    } else {
+        None
+    };
+    let pin_plan = pin_plan.as_ref();
     let start = Instant::now();
     let reports = std::thread::scope(|s| -> Result<Vec<VcpuReport>, KvmError> {
         let (tx, rx) = mpsc::channel::<usize>();
@@ -117,7 +124,7 @@ where
             let h = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))
                 .spawn_scoped(s, move || {
-                    let r = run_vcpu(vcpu, shared);
+                    let r = run_vcpu(vcpu, shared, pin_plan);
                     let _ = tx.send(i);
                     r
                 })
@@ -181,9 +188,16 @@ where
             .map(|p| p.get())
             .unwrap_or(1),
         elapsed_ns: elapsed.as_nanos() as u64,
-        vcpus: reports,
         kvm_vm_stats,
         kvm_vcpu_stats,
+        pinning: pin_plan.map(|p| {
+            let mut filled = p.unfilled();
+            for r in &reports {
+                filled.map[r.vcpu] = r.pinned_cpu;
+            }
+            filled
+        }),
+        vcpus: reports,
         mmu_stats: None,
         host_flushes: None,
         host_coherence: None,

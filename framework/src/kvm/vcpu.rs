@@ -15,6 +15,7 @@ use super::kick::{make_all_cpus_request, VcpuKick, REQ_STOP, REQ_TLB_FLUSH};
 use super::monitor;
 use super::report::{FailureKind, FaultTiming, GuestFailure, GuestRegs, VcpuReport};
 use super::vcpu_fd::Vcpu;
+use crate::measure::shadowlab_measured_region;
 use crate::mem::GuestPhys;
 use crate::mem::MemRegion;
 use crate::perf::ThreadCounters;
@@ -288,12 +289,18 @@ fn regs_of(vcpu: &Vcpu) -> Option<GuestRegs> {
 }
 
 /// Runs `vcpu` until DONE, a failure, or a stop request; the vCPU fd is dropped at the end.
-pub fn run_vcpu<M, H>(mut vcpu: Vcpu, sh: &Shared<'_, M, H>) -> Result<VcpuReport, KvmError>
+pub fn run_vcpu<M, H>(
+    mut vcpu: Vcpu,
+    sh: &Shared<'_, M, H>,
+    pin: Option<&crate::pin::Pinning>,
+) -> Result<VcpuReport, KvmError>
 where
     M: GuestPhys + ?Sized,
     H: MmuHooks + ?Sized,
 {
     let index = vcpu.index();
+    // Pinned before it touches guest memory, so its pages and caches are local to that CPU.
+    let pinned_cpu = pin.map(|p| crate::pin::pin_vcpu(p, index)).transpose()?;
     let kick = &sh.kicks[index];
     let immediate_exit = vcpu.immediate_exit_ptr();
     // SAFETY: the kvm_run mapping lives as long as `vcpu`, which outlives the registration
@@ -302,7 +309,7 @@ where
     // This thread's counters around the guest's run (KVM_RUN included: kernel time counts).
     let mut counters = ThreadCounters::open();
     counters.start();
-    let result = vcpu_loop(&mut vcpu, sh);
+    let result = shadowlab_measured_region(|| vcpu_loop(&mut vcpu, sh));
     let perf = counters.stop();
     kick.unregister();
     let (st, outcome) = result?;
@@ -318,6 +325,7 @@ where
         prints: st.prints,
         fault_handling: FaultTiming::of(st.fault_ns),
         perf,
+        pinned_cpu,
     })
 }
 

@@ -10,6 +10,8 @@
 //! run.results      // Vec<R>, one per vCPU, in vCPU order
 //! run.mmu          // MmuStats (serde): faults, unsyncs, syncs, lock acquisitions/wait, ...
 //! run.cpus         // Vec<SimCpuStats> (serde): TLB hits, walks, flushes, ...
+//! // Each vCPU thread pinned to its own host CPU (crate::pin), recorded in run.pinning:
+//! let run = sim::run_with_options::<P, _, _>(&cfg, RunOptions { pin: true }, |cpu| ..)?;
 //!
 //! // Lower level, for property tests that drive vCPUs by hand:
 //! let vm = SimVm::<P>::new(&cfg)?;  let mut cpu = vm.cpu(0)?;
@@ -47,6 +49,9 @@
 //!
 //! With one vCPU a run is deterministic for a given seed: the seed draws the gfn → mfn
 //! permutation, and nothing else is random.
+//!
+//! Each vCPU thread runs the closure inside [`crate::measure::shadowlab_measured_region`],
+//! within its perf-counter bracket: the region callgrind collects for exact instruction counts.
 
 mod cpu;
 pub mod tlb;
@@ -61,10 +66,12 @@ use shadowlab_policies::SyncPolicy;
 pub use crate::mem::boot::{BootOptions, BootTables};
 pub use cpu::{Privilege, SimCpu, SimCpuStats};
 
+use crate::measure::shadowlab_measured_region;
 use crate::mem::boot::{build_boot_tables, BootError};
 use crate::mem::{FrameMap, GuestMemory, MemConfig, MemError};
 use crate::mmu::{GuestFault, Mmu, MmuError, MmuStats};
 use crate::perf::{PerfCounts, ThreadCounters};
+use crate::pin::{self, PinError, Pinning};
 use crate::BuildPolicy;
 
 /// Parameters of a simulated VM.
@@ -147,6 +154,9 @@ pub enum SimError {
     /// The MMU could not be set up.
     #[error("shadow MMU: {0}")]
     Mmu(#[from] MmuError),
+    /// The vCPU threads could not be pinned (`RunOptions::pin`).
+    #[error("pinning the vCPU threads: {0}")]
+    Pin(#[from] PinError),
     /// A vCPU stopped.
     #[error("vCPU {vcpu}: {fault}")]
     Vcpu {
@@ -253,6 +263,16 @@ pub struct SimRun<R> {
     pub perf: Vec<PerfCounts>,
     /// Wall-clock time of the run (threads started to last joined).
     pub elapsed: Duration,
+    /// Where each vCPU thread was pinned (`None` if the run did not pin them).
+    pub pinning: Option<Pinning>,
+}
+
+/// How [`run_with_options`] runs the vCPU threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Pin each vCPU thread to its own host CPU ([`crate::pin::plan`]: round-robin over the
+    /// allowed CPUs where vCPUs outnumber them, and `oversubscribed` says so).
+    pub pin: bool,
 }
 
 /// Runs `f` on `cfg.vcpus` threads, one simulated vCPU each, with the build's policy.
@@ -264,6 +284,15 @@ where
     run_with::<BuildPolicy, R, F>(cfg, f)
 }
 
+/// [`run`] with the given options, with the build's policy (the worker).
+pub fn run_options<R, F>(cfg: &SimConfig, opts: RunOptions, f: F) -> Result<SimRun<R>, SimError>
+where
+    R: Send,
+    F: Fn(&mut SimCpu<'_, BuildPolicy>) -> R + Sync,
+{
+    run_with_options::<BuildPolicy, R, F>(cfg, opts, f)
+}
+
 /// [`run`] with an explicit policy (tests and benchmarks that compare policies in one build).
 pub fn run_with<P, R, F>(cfg: &SimConfig, f: F) -> Result<SimRun<R>, SimError>
 where
@@ -271,22 +300,55 @@ where
     R: Send,
     F: Fn(&mut SimCpu<'_, P>) -> R + Sync,
 {
+    run_with_options::<P, R, F>(cfg, RunOptions::default(), f)
+}
+
+/// [`run_with`] with options: with `opts.pin`, each vCPU thread first pins itself
+/// ([`crate::pin::pin_vcpu`]) to the CPU the plan gives it, and the run records the mapping.
+pub fn run_with_options<P, R, F>(
+    cfg: &SimConfig,
+    opts: RunOptions,
+    f: F,
+) -> Result<SimRun<R>, SimError>
+where
+    P: SyncPolicy,
+    R: Send,
+    F: Fn(&mut SimCpu<'_, P>) -> R + Sync,
+{
     let vm = SimVm::<P>::new(cfg)?;
+    // Planned on this thread, whose affinity mask the vCPU threads inherit.
+    let plan = if opts.pin {
+        Some(pin::plan(cfg.vcpus)?)
+    } else {
+        None
+    };
     let t0 = Instant::now();
-    type Outcome<R> = Result<(R, SimCpuStats, PerfCounts), SimError>;
+    type Outcome<R> = Result<(R, SimCpuStats, PerfCounts, Option<usize>), SimError>;
     let outcomes: Vec<Outcome<R>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..cfg.vcpus)
             .map(|id| {
-                let (vm, f) = (&vm, &f);
+                let (vm, f, plan) = (&vm, &f, &plan);
                 s.spawn(move || -> Outcome<R> {
+                    // Pinned before anything else, so the vCPU's memory is first touched and
+                    // its caches warmed on the CPU it will run on.
+                    let pinned = match plan {
+                        Some(plan) => Some(
+                            pin::pin_vcpu(plan, id)
+                                .map_err(SimError::Pin)
+                                .inspect_err(|_| vm.set_aborted())?,
+                        ),
+                        None => None,
+                    };
                     let mut cpu = vm.cpu(id).inspect_err(|_| vm.set_aborted())?;
                     // This thread's counters, around the measured region only.
                     let mut counters = ThreadCounters::open();
                     counters.start();
-                    let ran = catch_unwind(AssertUnwindSafe(|| f(&mut cpu)));
+                    let ran = shadowlab_measured_region(|| {
+                        catch_unwind(AssertUnwindSafe(|| f(&mut cpu)))
+                    });
                     let perf = counters.stop();
                     match ran {
-                        Ok(r) => Ok((r, cpu.stats(), perf)),
+                        Ok(r) => Ok((r, cpu.stats(), perf, pinned)),
                         Err(payload) => match payload.downcast::<SimAbort>() {
                             Ok(abort) => Err(SimError::Vcpu {
                                 vcpu: id,
@@ -312,12 +374,16 @@ where
     let mut results = Vec::with_capacity(outcomes.len());
     let mut cpus = Vec::with_capacity(outcomes.len());
     let mut perf = Vec::with_capacity(outcomes.len());
-    for o in outcomes {
+    let mut pinning = plan.as_ref().map(Pinning::unfilled);
+    for (id, o) in outcomes.into_iter().enumerate() {
         match o {
-            Ok((r, s, p)) => {
+            Ok((r, s, p, cpu)) => {
                 results.push(r);
                 cpus.push(s);
                 perf.push(p);
+                if let Some(pinning) = pinning.as_mut() {
+                    pinning.map[id] = cpu;
+                }
             }
             Err(SimError::Vcpu {
                 fault: SimFault::OtherVcpuFailed,
@@ -340,6 +406,7 @@ where
         cpus,
         perf,
         elapsed,
+        pinning,
     })
 }
 

@@ -51,6 +51,11 @@ pub struct WorkerArgs {
     /// replay is dropped by the host as a whole (one store) rather than entry by entry.
     #[arg(long, default_value_t = crate::kvm::DEFAULT_REPLAY_PAGE_ZAP_MIN as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub replay_page_zap_min: u64,
+    /// Pin each vCPU thread to its own host CPU (of those the process may use), round-robin
+    /// where vCPUs outnumber them; the result records the mapping and `oversubscribed`.
+    /// Every backend: sim, kvm and native pin their vCPU threads the same way.
+    #[arg(long)]
+    pub pin: bool,
     /// Allow running a build of an UNSOUND policy (the no-barrier negative control).
     #[arg(long)]
     pub allow_unsound: bool,

@@ -85,6 +85,8 @@ pub fn new_result(args: &WorkerArgs, workload: &Workload, backend: Backend) -> W
         per_vcpu: Vec::new(),
         mmu: None,
         backend_stats: Default::default(),
+        layout_pad: crate::layout::LAYOUT_PAD as u64,
+        pinning: None,
     }
 }
 

@@ -32,6 +32,7 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
             HostCoherenceArg::CycleSlot => HostCoherence::CycleSlot,
         },
         replay_page_zap_min: usize::try_from(args.replay_page_zap_min).unwrap_or(usize::MAX),
+        pin: args.pin,
         ..RunConfig::default()
     };
     let mut result = new_result(args, workload, backend);
@@ -51,7 +52,8 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
     };
     result.elapsed_ns = run.elapsed_ns;
     let mut failures = Vec::new();
-    result.mmu = run.mmu_stats.clone();
+    result.mmu = run.mmu_stats;
+    result.pinning = run.pinning.clone();
     for v in &run.vcpus {
         match &v.outcome {
             Ok(done) => match &done.report {

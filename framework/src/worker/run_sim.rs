@@ -5,7 +5,7 @@ use shadowlab_workloads::{Run, Workload};
 
 use super::result::{add_vcpu, new_result};
 use super::{Backend, WorkerArgs, WorkerError, WorkerResult};
-use crate::sim::{self, SimConfig, SimError};
+use crate::sim::{self, RunOptions, SimConfig, SimError};
 
 /// Runs `workload` on the simulated backend with the build's policy.
 pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, WorkerError> {
@@ -16,10 +16,13 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
         pool_pages: args.pool_pages,
     };
     let mut result = new_result(args, workload, Backend::Sim);
-    let run = match sim::run(&cfg, |cpu| workload.run(cpu)) {
+    let opts = RunOptions { pin: args.pin };
+    let run = match sim::run_options(&cfg, opts, |cpu| workload.run(cpu)) {
         Ok(run) => run,
         // The VM could not be built from these arguments: the user's problem, one line.
-        Err(e @ (SimError::Config(_) | SimError::Mem(_) | SimError::Boot(_))) => {
+        Err(
+            e @ (SimError::Config(_) | SimError::Mem(_) | SimError::Boot(_) | SimError::Pin(_)),
+        ) => {
             return Err(WorkerError::Backend {
                 backend: Backend::Sim,
                 message: e.to_string(),
@@ -32,6 +35,7 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
         }
     };
     result.elapsed_ns = run.elapsed.as_nanos() as u64;
+    result.pinning = run.pinning;
     result.mmu = Some(run.mmu);
     result.backend_stats = BackendStats::Sim(run.cpus);
     let mut failures = Vec::new();

@@ -1,0 +1,3 @@
+//! The parts of the `shadowlab` driver that its tests and other tools use as a library.
+
+pub mod callgrind;
