@@ -109,6 +109,10 @@ pub struct MatrixSpec {
     pub reps: u32,
     /// Seed of the block order.
     pub seed: u64,
+    /// Whether the workers pinned their vCPU threads (`--pin`, the default; `--no-pin` turns
+    /// it off). Each sample records the mapping the worker made.
+    #[serde(default)]
+    pub pin: bool,
 }
 
 impl MatrixSpec {
@@ -313,6 +317,7 @@ mod tests {
             iters,
             reps: 3,
             seed: 7,
+            pin: true,
         }
     }
 

@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// Run only the K-th of N deterministic slices of the matrix.
     #[arg(long)]
     shard: Option<Shard>,
+    /// Do not pin the workers' vCPU threads to host CPUs (pinning is the default: it takes
+    /// scheduler migrations out of the noise floor).
+    #[arg(long)]
+    no_pin: bool,
     /// Seconds before a worker run is killed and recorded as an error.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -222,6 +226,7 @@ fn spec_of(
             iters,
             reps,
             seed: args.seed,
+            pin: !args.no_pin,
         },
     ))
 }
@@ -352,6 +357,9 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
             .arg(spec.iters_of(&cell.group).to_string())
             .arg("--timeout-s")
             .arg(args.timeout.max(1).to_string());
+            if spec.pin {
+                cmd.arg("--pin");
+            }
             if cell.policy() == UNSOUND {
                 cmd.arg("--allow-unsound");
             }
