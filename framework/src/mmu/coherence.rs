@@ -1,5 +1,6 @@
 //! The host coherence log: the machine-physical addresses of SPTEs whose change a host that
-//! shadows our shadow tables (no EPT/NPT, like this machine's `kvm_pvm`) cannot see by itself.
+//! shadows our shadow tables (no EPT/NPT: the development machines' host, see the
+//! [host notes](crate::kvm#this-host)) cannot see by itself.
 //!
 //! Such a host caches translations built from our tables and write-protects the pool pages it
 //! shadows *for guest stores*; the VMM writes SPTEs from userspace, which the host never traps.
@@ -9,7 +10,7 @@
 //! again *by the guest*, where the host traps it and zaps its own shadow entry
 //! (`kvm_mmu_pte_write` / `kvm_mmu_track_write`). So every such store appends its SPTE's
 //! address here; the `kvm` backend has the vCPU replay them in guest context (the monitor's
-//! replay routine, `kvm::replay`) when the MMU's `KVM_REQ_TLB_FLUSH` arrives: KVM follows every
+//! replay routine, `kvm::monitor` replay) when the MMU's `KVM_REQ_TLB_FLUSH` arrives: KVM follows every
 //! such change with a remote TLB flush, so the flush request is the point where the host must
 //! have caught up.
 //!
