@@ -102,8 +102,10 @@ pub struct Function {
 pub struct Line {
     /// Offset from the function's entry.
     pub offset: u64,
-    /// The instruction's bytes.
-    pub bytes: Vec<u8>,
+    /// The instruction's bytes, with `None` for the relative displacement of a call or jump
+    /// that leaves the function: it depends on where the linker put the target, which any
+    /// unrelated change of the binary moves, while the target itself is named in `text`.
+    pub bytes: Vec<Option<u8>>,
     /// Intel syntax from iced-x86's fast formatter; branch targets as `<+0x..>` or a name.
     pub text: String,
     /// A memory-ordering instruction: a fence, a `lock`-prefixed one, or `xchg` with memory.
@@ -330,9 +332,28 @@ pub fn fast_path(f: &Function, names: &BTreeMap<u64, String>) -> FastPath {
         let mut text = String::new();
         fmt.format(&instr, &mut text);
         let start = offset as usize;
+        let mut bytes: Vec<Option<u8>> = f.bytes[start..start + instr.len()]
+            .iter()
+            .map(|&b| Some(b))
+            .collect();
+        let leaves = matches!(
+            instr.flow_control(),
+            FlowControl::Call | FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch
+        ) && !instr.is_ip_rel_memory_operand()
+            && instr.near_branch_target() != 0
+            && !(f.address..f.address + f.bytes.len() as u64).contains(&instr.near_branch_target());
+        if leaves {
+            let co = decoder.get_constant_offsets(&instr);
+            if co.has_immediate() {
+                let (at, len) = (co.immediate_offset(), co.immediate_size());
+                for b in bytes.iter_mut().skip(at).take(len) {
+                    *b = None;
+                }
+            }
+        }
         lines.push(Line {
             offset,
-            bytes: f.bytes[start..start + instr.len()].to_vec(),
+            bytes,
             text,
             barrier: is_barrier(&instr),
         });
@@ -416,9 +437,9 @@ fn same(groups: &[Vec<&'static str>], a: &str, b: &str) -> bool {
     groups.iter().any(|g| g.contains(&a) && g.contains(&b))
 }
 
-fn hex_bytes(b: &[u8]) -> String {
+fn hex_bytes(b: &[Option<u8>]) -> String {
     b.iter()
-        .map(|x| format!("{x:02x}"))
+        .map(|x| x.map_or_else(|| "..".to_string(), |x| format!("{x:02x}")))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -675,7 +696,7 @@ mod tests {
         let barriers: Vec<bool> = p.lines.iter().map(|l| l.barrier).collect();
         assert_eq!(barriers, vec![false, false, false, true, true, false]);
         assert_eq!(p.lines[3].offset, 8);
-        assert_eq!(p.lines[3].bytes, vec![0x0f, 0xae, 0xf0]);
+        assert_eq!(p.lines[3].bytes, vec![Some(0x0f), Some(0xae), Some(0xf0)]);
     }
 
     #[test]
