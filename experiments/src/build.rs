@@ -11,6 +11,8 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use shadowlab_experiments::worker_build;
+
 use crate::error::DriverError;
 
 /// Where the tree stands: the commit, and a hash of what differs from it.
@@ -134,45 +136,19 @@ pub fn worker_binary(
     let built_now = !dest.exists();
     if built_now {
         log(&format!("building shadowlab-vmm with policy-{policy} ..."));
+        // One cargo target directory for every policy (the dependencies compile once); each
+        // binary is installed into its cache entry whole or not at all, also when shards on
+        // one host (Slurm array tasks) build the same policy at once.
         let target = root.join("target/shadowlab-workers/cargo");
-        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(root)
-            .env("CARGO_TARGET_DIR", &target)
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "shadowlab-framework",
-                "--bin",
-                "shadowlab-vmm",
-                "--no-default-features",
-                "--features",
-            ])
-            .arg(format!("policy-{policy}"))
-            .status()
-            .map_err(|e| DriverError::Build {
+        let built =
+            worker_build::build_worker(root, &target, policy).map_err(|e| DriverError::Build {
                 policy: policy.into(),
                 reason: e.to_string(),
             })?;
-        if !status.success() {
-            return Err(DriverError::Build {
-                policy: policy.into(),
-                reason: format!("cargo exited with {status}"),
-            });
-        }
-        let dir = dest.parent().expect("the cache path has a parent");
-        let io = |what, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| DriverError::Io { what, path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io("create the worker cache", dir))?;
-        // Copy to a temporary name, then rename: a cache entry is whole or absent, also when
-        // shards on one host (Slurm array tasks) build the same policy at once.
-        let tmp = dir.join(format!(".shadowlab-vmm.{}.tmp", std::process::id()));
-        std::fs::copy(target.join("release/shadowlab-vmm"), &tmp)
-            .map_err(io("copy a built worker", &tmp))?;
-        std::fs::rename(&tmp, &dest).map_err(io("cache a built worker", &dest))?;
+        worker_build::install(&built, &dest).map_err(|e| DriverError::Build {
+            policy: policy.into(),
+            reason: e.to_string(),
+        })?;
     }
     checked(policy, &dest, built_now)
 }

@@ -24,8 +24,9 @@
 //! byte: the test that the committed paper is not stale.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
+use shadowlab_experiments::worker_build;
 use shadowlab_policies::model::verdict_matrix;
 
 use crate::disasm::{self, DisasmError, PolicyListing};
@@ -74,22 +75,9 @@ pub enum ReportError {
         /// Where it was looked for.
         path: PathBuf,
     },
-    /// cargo could not be started.
-    #[error("cannot run cargo to build the {policy} worker: {source}")]
-    CargoSpawn {
-        /// The policy.
-        policy: &'static str,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// cargo failed.
-    #[error("building the {policy} worker failed: cargo exited with {status}")]
-    CargoFailed {
-        /// The policy.
-        policy: &'static str,
-        /// cargo's exit status.
-        status: std::process::ExitStatus,
-    },
+    /// Building or installing a policy's worker failed.
+    #[error("{0}")]
+    Build(#[from] shadowlab_experiments::worker_build::BuildWorkerError),
     /// A binary at a policy's path was built with another policy.
     #[error("{path} was built with policy {actual}, not {policy}")]
     WrongPolicy {
@@ -172,37 +160,9 @@ pub fn policy_build(
             return Err(ReportError::MissingWorker { policy, path: dest });
         }
         let root = workspace_root();
-        let target = root.join("target/policy-builds");
         eprintln!("shadowlab report: building shadowlab-vmm with {feature} ...");
-        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(&root)
-            .env("CARGO_TARGET_DIR", &target)
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "shadowlab-framework",
-                "--bin",
-                "shadowlab-vmm",
-                "--no-default-features",
-                "--features",
-                feature,
-            ])
-            .status()
-            .map_err(|source| ReportError::CargoSpawn { policy, source })?;
-        if !status.success() {
-            return Err(ReportError::CargoFailed { policy, status });
-        }
-        let dir = workers.join(policy);
-        let io = |what: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ReportError::Io { what, path, source }
-        };
-        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let tmp = dir.join(format!(".shadowlab-vmm.{}.tmp", std::process::id()));
-        std::fs::copy(target.join("release/shadowlab-vmm"), &tmp).map_err(io("copy to", &tmp))?;
-        std::fs::rename(&tmp, &dest).map_err(io("rename to", &dest))?;
+        let built = worker_build::build_worker(&root, &root.join("target/policy-builds"), policy)?;
+        worker_build::install(&built, &dest)?;
     }
     let actual = crate::worker::policy_of(&dest)?;
     if actual != policy {

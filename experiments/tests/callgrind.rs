@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use shadowlab_experiments::callgrind::{self, CallgrindError, InstructionCount};
+use shadowlab_experiments::worker_build;
 
 const ITERS: &str = "3000";
 const SEED: &str = "7";
@@ -37,35 +38,9 @@ fn workspace() -> PathBuf {
 fn policy_worker(policy: &str) -> PathBuf {
     let ws = workspace();
     let target = ws.join("target/policy-builds");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&ws)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "shadowlab-framework",
-            "--bin",
-            "shadowlab-vmm",
-            "--no-default-features",
-            "--features",
-        ])
-        .arg(format!("policy-{policy}"))
-        .env("CARGO_TARGET_DIR", &target)
-        .env_remove("SHADOWLAB_LAYOUT_PAD")
-        .status()
-        .expect("run cargo");
-    assert!(
-        status.success(),
-        "building the policy-{policy} worker failed"
-    );
-    let dir = target.join(format!("bin/policy-{policy}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin = dir.join("shadowlab-vmm");
-    let tmp = dir.join(format!(".shadowlab-vmm.{}", std::process::id()));
-    std::fs::copy(target.join("release/shadowlab-vmm"), &tmp).unwrap();
-    std::fs::rename(&tmp, &bin).unwrap();
+    let built = worker_build::build_worker(&ws, &target, policy).unwrap_or_else(|e| panic!("{e}"));
+    let bin = target.join(format!("bin/policy-{policy}/shadowlab-vmm"));
+    worker_build::install(&built, &bin).unwrap_or_else(|e| panic!("{e}"));
     let version = Command::new(&bin).arg("--version").output().unwrap();
     let version = String::from_utf8_lossy(&version.stdout);
     assert!(
