@@ -229,7 +229,7 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         name: "full",
-        about: "every workload, <= 30 min on a 2-core machine",
+        about: "every workload on every backend, <= 30 min on a 2-core machine",
         rows: &[
             PresetRow {
                 backend: Backend::Sim,
@@ -243,6 +243,13 @@ pub const PRESETS: &[Preset] = &[
                 ],
                 vcpus: &[1, 2],
                 iters: 5000,
+            },
+            // relink-race does ~10 table edits, links and shootdowns a round.
+            PresetRow {
+                backend: Backend::Sim,
+                workloads: &["relink-race"],
+                vcpus: &[1, 2],
+                iters: 1000,
             },
             // On kvm and native an iteration of pt-churn costs ~3.5 ms (2 vCPUs: 300 take
             // 2.8 s) and of unsync-race ~2.6 ms at 2 vCPUs; cr3-switch and exit-floor ~0.2 ms.
@@ -269,6 +276,33 @@ pub const PRESETS: &[Preset] = &[
                 workloads: &["pt-churn", "unsync-race"],
                 vcpus: &[1, 2],
                 iters: 300,
+            },
+            // A relink-race round on kvm with 2 vCPUs costs ~25-50 ms (dozens of exits).
+            PresetRow {
+                backend: Backend::Kvm,
+                workloads: &["relink-race"],
+                vcpus: &[2],
+                iters: 50,
+            },
+            PresetRow {
+                backend: Backend::Native,
+                workloads: &["relink-race"],
+                vcpus: &[2],
+                iters: 50,
+            },
+            // mmap-churn (~0.7 ms an iteration on kvm) and fault-storm (one round maps and
+            // first-touches `size` pages) at 1 vCPU.
+            PresetRow {
+                backend: Backend::Kvm,
+                workloads: &["mmap-churn", "fault-storm"],
+                vcpus: &[1],
+                iters: 100,
+            },
+            PresetRow {
+                backend: Backend::Native,
+                workloads: &["mmap-churn", "fault-storm"],
+                vcpus: &[1],
+                iters: 100,
             },
         ],
         reps: 10,
@@ -318,6 +352,21 @@ mod tests {
             reps: 3,
             seed: 7,
             pin: true,
+        }
+    }
+
+    #[test]
+    fn the_full_preset_runs_every_workload_on_every_backend() {
+        let full = Preset::by_name("full").unwrap();
+        for w in shadowlab_workloads::Workload::names() {
+            for b in [Backend::Sim, Backend::Kvm, Backend::Native] {
+                assert!(
+                    full.rows
+                        .iter()
+                        .any(|r| r.backend == b && r.workloads.contains(&w)),
+                    "full preset: no {w} on {b:?}"
+                );
+            }
         }
     }
 
