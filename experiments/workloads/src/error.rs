@@ -128,7 +128,7 @@ impl fmt::Display for WorkloadError {
                 note,
             } => write!(
                 f,
-                "{workload}: {param} {value} is out of range {min}..={max} ({note})"
+                "--{param} {value} is out of range {min}..={max} for {workload} ({note})"
             ),
             WorkloadError::PeerFailed => write!(f, "another vCPU of the run failed"),
             WorkloadError::Timeout { what } => write!(f, "timed out waiting for {what}"),

@@ -28,9 +28,9 @@ use shadowlab_abi::layout::{self, direct_map, pte};
 use shadowlab_policies::{AcquireLoad, AlwaysLock, NoBarrier, RmbFence, SeqCstFence, SyncPolicy};
 use shadowlab_workloads::Cpu;
 
+use super::tests::Pager;
 use super::{run_with, SimConfig, SimCpu, SimVm};
 
-const PAGE: u64 = 4096;
 /// Flags of every user-half entry in these tests (upper and leaf).
 const FLAGS: u64 = pte::P | pte::W | pte::U | pte::A | pte::D;
 /// Stamps the tests write in word 0 of the frames the leaf PTE alternates between.
@@ -46,18 +46,6 @@ fn gva(l4: u64, l3: u64, l2: u64, l1: u64) -> u64 {
 /// The direct-map address of entry `index` of the guest table at `table`.
 fn slot(table: u64, index: u64) -> u64 {
     direct_map(table + index * 8)
-}
-
-/// Frames from vCPU 1's free range (vCPU 0 never allocates here).
-struct Frames(std::ops::Range<u64>);
-
-impl Frames {
-    fn take(&mut self) -> u64 {
-        let f = self.0.start;
-        assert!(f < self.0.end, "test ran out of frames");
-        self.0.start += PAGE;
-        f
-    }
 }
 
 /// The held vCPU's mailbox: the MMU's kicker and the test both send to it.
@@ -176,9 +164,10 @@ fn run_shape<P: SyncPolicy>(shape: Shape) -> ((u64, u64), bool) {
     }
     let mut cpu0 = vm.cpu(0).unwrap();
     let mut cpu1 = vm.cpu(1).unwrap();
-    let mut frames = Frames(cpu1.free_frames());
-    let (p3, p2, t) = (frames.take(), frames.take(), frames.take());
-    let (old, new) = (frames.take(), frames.take());
+    // Frames from vCPU 1's free range (vCPU 0 never allocates here).
+    let mut frames = Pager::new(&cpu1);
+    let (p3, p2, t) = (frames.frame(), frames.frame(), frames.frame());
+    let (old, new) = (frames.frame(), frames.frame());
     cpu1.write_u64(direct_map(old), OLD);
     cpu1.write_u64(direct_map(new), NEW);
     // Everything in PML4 slot L4 (the workload half) of vCPU 0's root; the first mapping is
@@ -193,11 +182,11 @@ fn run_shape<P: SyncPolicy>(shape: Shape) -> ((u64, u64), bool) {
     let read_gva = match shape {
         Shape::NewTable => {
             // Shadow p3 and p2 through another leaf table, then link the new table t2.
-            let t0 = frames.take();
+            let t0 = frames.frame();
             cpu1.write_u64(slot(t0, 7), old | FLAGS);
             cpu1.write_u64(slot(p2, 0), t0 | FLAGS);
             assert_eq!(cpu0.try_read_u64(first).unwrap(), OLD);
-            let t2 = frames.take();
+            let t2 = frames.frame();
             cpu1.write_u64(slot(t2, 7), old | FLAGS);
             cpu1.write_u64(slot(p2, 1), t2 | FLAGS);
             let ((a, b), kicked) = race_one_fault(
@@ -311,9 +300,9 @@ fn relink_stress<P: SyncPolicy>(iters: u64, seed: u64) -> (u64, crate::mmu::MmuS
         let (p3_box, p2_box, t_box) = (mbox + 24, mbox + 32, mbox + 40);
         let (linked, armed, go) = (mbox + 48, mbox + 56, mbox + 64);
         if cpu.id() == 1 {
-            let mut frames = Frames(cpu.free_frames());
-            let (p3, p2, t) = (frames.take(), frames.take(), frames.take());
-            let (a, b) = (frames.take(), frames.take());
+            let mut frames = Pager::new(cpu);
+            let (p3, p2, t) = (frames.frame(), frames.frame(), frames.frame());
+            let (a, b) = (frames.frame(), frames.frame());
             cpu.write_u64(direct_map(a), OLD);
             cpu.write_u64(direct_map(b), NEW);
             cpu.write_u64(slot(t, 7), a | FLAGS);

@@ -22,14 +22,14 @@ fn cfg(vcpus: usize, seed: u64) -> SimConfig {
 }
 
 /// A bump allocator over the vCPU's free frames and a 4-level mapper that writes PTEs through
-/// the direct map, as a guest kernel does.
-struct Pager {
+/// the direct map, as a guest kernel does. Shared with `fetch_race`.
+pub(super) struct Pager {
     next: u64,
     end: u64,
 }
 
 impl Pager {
-    fn new(cpu: &impl Cpu) -> Self {
+    pub(super) fn new(cpu: &impl Cpu) -> Self {
         let r = cpu.free_frames();
         Pager {
             next: r.start,
@@ -37,7 +37,7 @@ impl Pager {
         }
     }
 
-    fn frame(&mut self) -> u64 {
+    pub(super) fn frame(&mut self) -> u64 {
         assert!(self.next < self.end, "test pager out of frames");
         let f = self.next;
         self.next += PAGE;

@@ -24,31 +24,16 @@ use crate::BUILD_POLICY;
 /// line on stderr with exit code 2 (bad input) or 1 (could not run).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// The workload name is not one of the six.
+    /// The workload name is not one of the workloads.
     #[error("unknown workload '{0}' (expected one of: {names})", names = Workload::names().join(", "))]
     UnknownWorkload(String),
     /// The build's policy is the unsound control and `--allow-unsound` was not given.
     #[error("this shadowlab-vmm was built with the UNSOUND negative-control policy '{0}'; pass --allow-unsound to run it")]
     UnsoundRefused(&'static str),
-    /// A workload parameter is outside the range the workload accepts (checked before boot).
-    #[error("--{param} {value} is out of range {min}..={max} for {workload} ({note})")]
-    OutOfRange {
-        /// The workload.
-        workload: &'static str,
-        /// The parameter's name (`iters`, `size`).
-        param: &'static str,
-        /// The value given.
-        value: u64,
-        /// Smallest value accepted.
-        min: u64,
-        /// Largest value accepted.
-        max: u64,
-        /// What the parameter counts and why the bound is what it is.
-        note: &'static str,
-    },
-    /// The workload refuses the parameters for another reason.
+    /// The workload refuses the parameters (checked before boot; an out-of-range value names
+    /// the parameter as the command line spells it).
     #[error("{0}")]
-    Workload(WorkloadError),
+    Workload(#[from] WorkloadError),
     /// `--ram-mib` that the kvm/native layout cannot hold.
     #[error("--ram-mib {ram_mib} is out of range for --backend {backend}: a multiple of 2 in {min}..={max} (guest RAM must lie below 2 GiB: ucall addresses are 32-bit, and the MMIO hypercall window sits at 3 GiB)")]
     RamSize {
@@ -95,7 +80,6 @@ impl WorkerError {
         match self {
             WorkerError::UnknownWorkload(_)
             | WorkerError::UnsoundRefused(_)
-            | WorkerError::OutOfRange { .. }
             | WorkerError::Workload(_)
             | WorkerError::RamSize { .. }
             | WorkerError::Frames { .. } => 2,

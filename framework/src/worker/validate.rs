@@ -9,7 +9,7 @@
 //! ([`Run::frames_needed`]) against the free frames the backend's boot layout leaves each
 //! vCPU, computed from the sizes alone.
 
-use shadowlab_workloads::{Run, Workload, WorkloadError};
+use shadowlab_workloads::{Run, Workload};
 
 use super::{Backend, WorkerArgs, WorkerError};
 use crate::kvm::layout::{MAX_RAM, MIN_RAM, STACK_SIZE};
@@ -24,24 +24,7 @@ const KVM_MIN_FREE_FRAMES: u64 = 16;
 /// Checks `args` and `workload` for `args.backend`; see the module docs.
 pub fn validate(args: &WorkerArgs, workload: &Workload) -> Result<(), WorkerError> {
     let nr_vcpus = args.vcpus as usize;
-    workload.validate(nr_vcpus).map_err(|e| match e {
-        WorkloadError::OutOfRange {
-            workload,
-            param,
-            value,
-            min,
-            max,
-            note,
-        } => WorkerError::OutOfRange {
-            workload,
-            param,
-            value,
-            min,
-            max,
-            note,
-        },
-        other => WorkerError::Workload(other),
-    })?;
+    workload.validate(nr_vcpus)?;
     let ram = args.ram_mib.saturating_mul(MIB);
     let (have, floor) = match args.backend {
         Backend::Sim => (sim_free_frames(ram, nr_vcpus), 1),
