@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shadowlab_host::HostInfo;
-use shadowlab_schema::{Backend, WorkerResult};
+use shadowlab_schema::{Backend, VcpuResult, WorkerResult};
 
 use crate::build::{BinaryRecord, SourceState};
 use crate::error::DriverError;
@@ -210,26 +210,54 @@ pub fn rows_of(block: u32, seq: u32, cell: &Cell, run: Result<&WorkerResult, &st
             counters,
         }];
     }
+    let unit = r.backend.latency_unit();
     r.per_vcpu
         .iter()
         .map(|v| {
             let mut counters = common.clone();
-            let vv = serde_json::to_value(v).unwrap_or_default();
-            flatten("vcpu", &vv, None, &mut counters);
-            flatten("backend", &backend, Some(v.vcpu), &mut counters);
-            let per_op = v.latency.mean.map(|m| m as f64);
+            vcpu_columns(v, unit, &mut counters);
+            flatten("backend", &backend, Some(v.report.vcpu), &mut counters);
+            // The exact mean latency of one op, in `unit`.
+            let per_op = v.report.latency.mean().map(|m| m as f64);
             Sample {
-                key: key(
-                    Some(v.vcpu as u32),
-                    outcome,
-                    &reason,
-                    per_op,
-                    &v.latency.unit,
-                ),
+                key: key(Some(v.report.vcpu as u32), outcome, &reason, per_op, unit),
                 counters,
             }
         })
         .collect()
+}
+
+/// One vCPU's columns: the report's counters (`vcpu.ops`, `vcpu.checks`, ...), its latency
+/// histogram summarised (`vcpu.latency.{unit,samples,mean,min,max,p50,p90,p99}`, computed here
+/// from the histogram, not one column per bucket), and the perf counters (`vcpu.perf.*`).
+fn vcpu_columns(v: &VcpuResult, unit: &str, out: &mut BTreeMap<String, String>) {
+    let mut report = serde_json::to_value(v.report).unwrap_or_default();
+    if let Some(m) = report.as_object_mut() {
+        m.remove("latency");
+    }
+    flatten("vcpu", &report, None, out);
+    let h = &v.report.latency;
+    let some = |x: Option<u64>| x.map(|x| x.to_string()).unwrap_or_default();
+    for (name, value) in [
+        ("unit", unit.to_string()),
+        ("samples", h.count.to_string()),
+        ("mean", some(h.mean())),
+        ("min", some((h.count > 0).then_some(h.min))),
+        ("max", some((h.count > 0).then_some(h.max))),
+        ("p50", some(h.percentile(500))),
+        ("p90", some(h.percentile(900))),
+        ("p99", some(h.percentile(990))),
+    ] {
+        out.insert(format!("vcpu.latency.{name}"), value);
+    }
+    if let Some(perf) = &v.perf {
+        flatten(
+            "vcpu.perf",
+            &serde_json::to_value(perf).unwrap_or_default(),
+            None,
+            out,
+        );
+    }
 }
 
 /// Flattens `v` under `prefix` into `out`. An array is per vCPU: with `vcpu`, its element for
@@ -550,6 +578,98 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read_samples(dir.path()).unwrap(), vec![s, e]);
+    }
+
+    #[test]
+    fn a_vcpu_report_gives_the_same_columns_and_no_bucket_columns() {
+        use shadowlab_schema::{Histogram, PerfCounts, Reading, Report};
+        let mut latency = Histogram::new();
+        for v in 1..=100 {
+            latency.record(v);
+        }
+        let v = VcpuResult {
+            report: Report {
+                vcpu: 1,
+                ops: 100,
+                checks: 3,
+                latency,
+                ..Report::default()
+            },
+            perf: Some({
+                let r = Reading::NotSupported {
+                    reason: "no PMU".into(),
+                };
+                PerfCounts {
+                    cycles: r.clone(),
+                    instructions: r.clone(),
+                    branch_misses: r.clone(),
+                    cache_misses: r.clone(),
+                    task_clock_ns: r.clone(),
+                    context_switches: r.clone(),
+                    cpu_migrations: r.clone(),
+                    page_faults: r,
+                }
+            }),
+        };
+        let mut cols = BTreeMap::new();
+        vcpu_columns(&v, "tsc", &mut cols);
+        let names: Vec<&str> = cols
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !k.starts_with("vcpu.perf."))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "vcpu.checks",
+                "vcpu.cr3_loads",
+                "vcpu.hypercalls",
+                "vcpu.invlpgs",
+                "vcpu.latency.max",
+                "vcpu.latency.mean",
+                "vcpu.latency.min",
+                "vcpu.latency.p50",
+                "vcpu.latency.p90",
+                "vcpu.latency.p99",
+                "vcpu.latency.samples",
+                "vcpu.latency.unit",
+                "vcpu.ops",
+                "vcpu.pte_writes",
+                "vcpu.tlb_flushes",
+                "vcpu.vcpu",
+            ]
+        );
+        assert!(cols.contains_key("vcpu.perf.cycles.status"), "{cols:?}");
+        // The percentiles come from the histogram: exact below 64; p99 (the 99th sample, 99)
+        // is in the bucket [98, 99], whose representative is 98.
+        let col = |k: &str| cols[k].as_str();
+        assert_eq!(
+            [
+                col("vcpu.latency.unit"),
+                col("vcpu.latency.samples"),
+                col("vcpu.latency.mean"),
+                col("vcpu.latency.min"),
+                col("vcpu.latency.max"),
+                col("vcpu.latency.p50"),
+                col("vcpu.latency.p99")
+            ],
+            ["tsc", "100", "50", "1", "100", "50", "98"]
+        );
+        assert_eq!(
+            col("vcpu.latency.p90"),
+            v.report.latency.percentile(900).unwrap().to_string()
+        );
+        // An empty histogram: the optional ones are empty cells.
+        let empty = VcpuResult {
+            report: Report::default(),
+            perf: None,
+        };
+        let mut cols = BTreeMap::new();
+        vcpu_columns(&empty, "ns", &mut cols);
+        assert_eq!(cols["vcpu.latency.samples"], "0");
+        assert_eq!(cols["vcpu.latency.p50"], "");
+        assert_eq!(cols["vcpu.latency.min"], "");
+        assert!(!cols.keys().any(|k| k.starts_with("vcpu.perf")));
     }
 
     #[test]

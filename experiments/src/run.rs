@@ -370,8 +370,10 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
                     break 'blocks;
                 }
                 WorkerOutcome::Done(r) => {
-                    let msg = match r.per_vcpu.first().and_then(|v| v.latency.mean) {
-                        Some(m) => format!("{:?} {m} {}/op", r.verdict, r.per_vcpu[0].latency.unit),
+                    let msg = match r.per_vcpu.first().and_then(|v| v.report.latency.mean()) {
+                        Some(m) => {
+                            format!("{:?} {m} {}/op", r.verdict, r.backend.latency_unit())
+                        }
                         None => format!("{:?}", r.verdict),
                     };
                     progress.cell(block, &cell.label(), &msg);

@@ -22,6 +22,8 @@
 //! The same type is used in the guest (kvm, native) and on sim, so every backend's quantiles
 //! carry the same error bound.
 
+use crate::error::HistError;
+
 /// log2 of the number of linear sub-buckets per power of two.
 pub const SUB_BITS: u32 = 5;
 /// Linear sub-buckets per power of two (and the number of exact buckets below it).
@@ -189,6 +191,38 @@ impl Histogram {
     /// The median ([`Histogram::percentile`] at 500).
     pub fn median(&self) -> Option<u64> {
         self.percentile(500)
+    }
+
+    /// Checks that this histogram is one [`Histogram::record`] could have built: the buckets
+    /// add up to `count`, and (when not empty) `min` and `max` lie in the first and last
+    /// non-empty buckets. For histograms read back from outside (JSON, the guest's report
+    /// block).
+    pub fn check(&self) -> Result<(), HistError> {
+        let total = self
+            .buckets
+            .iter()
+            .try_fold(0u64, |acc, &n| acc.checked_add(n));
+        if total != Some(self.count) {
+            return Err(HistError::CountMismatch {
+                count: self.count,
+                buckets: total,
+            });
+        }
+        if self.count == 0 {
+            return Ok(());
+        }
+        let first = self.buckets.iter().position(|&n| n != 0);
+        let last = self.buckets.iter().rposition(|&n| n != 0);
+        if self.min > self.max
+            || first != Some(Self::bucket_of(self.min))
+            || last != Some(Self::bucket_of(self.max))
+        {
+            return Err(HistError::Extremes {
+                min: self.min,
+                max: self.max,
+            });
+        }
+        Ok(())
     }
 }
 

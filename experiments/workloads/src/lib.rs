@@ -17,12 +17,15 @@ pub mod cpu;
 pub mod error;
 pub mod frames;
 pub mod hist;
+#[cfg(feature = "serde")]
+mod hist_serde;
 pub mod paging;
 pub mod report;
 pub mod rng;
 pub mod sync;
 pub mod tlb;
 pub mod walk;
+pub mod words;
 pub mod workloads;
 
 // Host-side tests only: the mock machine and the property tests use std (threads, Vec).
@@ -34,7 +37,7 @@ mod mock;
 mod paging_props;
 
 pub use cpu::{CheckFailed, Cpu, RET};
-pub use error::{PtError, WorkloadError};
+pub use error::{HistError, PtError, ReportWordsError, WorkloadError};
 pub use frames::FrameAlloc;
 pub use hist::Histogram;
 pub use paging::{Flags, PageTables};

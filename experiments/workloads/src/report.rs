@@ -18,8 +18,11 @@ pub struct Params {
     pub size: u64,
 }
 
-/// One vCPU's result.
+/// One vCPU's result: what the workload counted, as the guest sends it (words, [`crate::words`])
+/// and the worker writes it (JSON, feature `serde`; the histogram as its non-empty buckets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct Report {
     /// The vCPU that ran it.
     pub vcpu: usize,

@@ -50,10 +50,6 @@ pub fn run(cpu: &mut GuestCpu, info: &BootInfo) -> ! {
     }
 }
 
-// The report block carries the histogram's buckets as they are: the ABI's count must be the
-// workloads crate's.
-const _: () = assert!(report_words::NR_BUCKETS == shadowlab_workloads::hist::BUCKETS);
-
 /// Runs workload `index` of `Workload::ALL` with the boot-info parameters (iters, seed,
 /// size = params[0]) and reports its `Report` in a DONE; a failed self-check or any other
 /// workload error becomes GUEST_ASSERT with the error's message.
@@ -81,19 +77,7 @@ fn run_workload(cpu: &mut GuestCpu, info: &BootInfo, index: usize) -> ! {
     // this frame, with the workloads inlined; the vCPU stack is 256 KiB
     // (kvm::layout::STACK_SIZE; an overflow hits the guard page below it).
     let mut block = [0u64; report_words::TOTAL];
-    block[report_words::VCPU] = r.vcpu as u64;
-    block[report_words::OPS] = r.ops;
-    block[report_words::CHECKS] = r.checks;
-    block[report_words::PTE_WRITES] = r.pte_writes;
-    block[report_words::CR3_LOADS] = r.cr3_loads;
-    block[report_words::INVLPGS] = r.invlpgs;
-    block[report_words::TLB_FLUSHES] = r.tlb_flushes;
-    block[report_words::HYPERCALLS] = r.hypercalls;
-    block[report_words::LAT_COUNT] = r.latency.count;
-    block[report_words::LAT_SUM] = r.latency.sum;
-    block[report_words::LAT_MIN] = r.latency.min;
-    block[report_words::LAT_MAX] = r.latency.max;
-    block[report_words::LAT_BUCKETS..].copy_from_slice(&r.latency.buckets);
+    r.to_words(&mut block);
     ucall::done_with_report([r.ops, t0, t1, 0, 0, 0], &block)
 }
 

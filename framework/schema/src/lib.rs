@@ -1,7 +1,8 @@
 //! The result schema of one `shadowlab-vmm` run: ONE definition, which the worker serialises to
 //! its single JSON line and the driver (`shadowlab run`) deserialises. The crate depends on serde
-//! only (clap behind a feature, for the worker's `--backend`); it knows nothing of the MMU or the
-//! backends, which fill these structs in.
+//! and on the workloads crate, whose [`Report`] each vCPU's result holds as it is (clap behind a
+//! feature, for the worker's `--backend`); it knows nothing of the MMU or the backends, which fill
+//! these structs in.
 //!
 //! Changing a field's meaning or removing one bumps [`SCHEMA_VERSION`]; the driver refuses a
 //! result whose version it does not know.
@@ -14,13 +15,17 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+pub use shadowlab_workloads::{Histogram, Report};
 
 pub use kvm::{ExitCounts, FaultTiming, HostCoherence, HostCoherenceStats, KvmStats};
 pub use mmu::{LockStats, MmuStats, SimCpuStats};
 pub use perf::{PerfCounts, Reading};
 
 /// The version of this schema, written in every result as `schema_version`.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: `per_vcpu` holds each vCPU's workload [`Report`] as it is (`report`, with the whole
+/// latency [`Histogram`]) instead of a copy of its counters and a percentile summary.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Which backend runs the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -38,6 +43,15 @@ pub enum Backend {
 impl Backend {
     /// Every backend, in a fixed order.
     pub const ALL: [Backend; 3] = [Backend::Sim, Backend::Kvm, Backend::Native];
+
+    /// The unit of the latency samples in the workload reports of this backend: `ns` on sim
+    /// (host clock), `tsc` in a guest (its timestamp counter).
+    pub fn latency_unit(self) -> &'static str {
+        match self {
+            Backend::Sim => "ns",
+            Backend::Kvm | Backend::Native => "tsc",
+        }
+    }
 
     /// The command-line and JSON name.
     pub fn name(self) -> &'static str {
@@ -105,51 +119,14 @@ pub enum Verdict {
     Fail,
 }
 
-/// Percentiles of a per-op latency histogram (log-linear buckets: each value is within 1.6% of
-/// the true quantile), in the backend's timestamp unit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LatencySummary {
-    /// The unit of the values (`ns` on sim, `tsc` in a guest).
-    pub unit: String,
-    /// Samples recorded.
-    pub samples: u64,
-    /// Exact mean.
-    pub mean: Option<u64>,
-    /// Exact minimum.
-    pub min: Option<u64>,
-    /// Exact maximum.
-    pub max: Option<u64>,
-    /// 50th percentile.
-    pub p50: Option<u64>,
-    /// 90th percentile.
-    pub p90: Option<u64>,
-    /// 99th percentile.
-    pub p99: Option<u64>,
-}
-
-/// One vCPU's part of the run: the workload's report, as the guest counted it.
+/// One vCPU's part of the run: the workload's report as the guest counted it (its `vcpu` is the
+/// vCPU's index; its latency samples are in [`Backend::latency_unit`]s), and its thread's perf
+/// counters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VcpuResult {
-    /// The vCPU.
-    pub vcpu: usize,
-    /// Operations done.
-    pub ops: u64,
-    /// Self-checks passed.
-    pub checks: u64,
-    /// PTE stores through the direct map.
-    pub pte_writes: u64,
-    /// CR3 loads.
-    pub cr3_loads: u64,
-    /// INVLPGs.
-    pub invlpgs: u64,
-    /// Full TLB flushes.
-    pub tlb_flushes: u64,
-    /// No-op hypercalls.
-    pub hypercalls: u64,
-    /// Per-op latency.
-    pub latency: LatencySummary,
-    /// The vCPU thread's perf counters over the measured region (absent in results written
-    /// before they were recorded).
+    /// The workload's report, as it is.
+    pub report: Report,
+    /// The vCPU thread's perf counters over the measured region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perf: Option<PerfCounts>,
 }
@@ -277,6 +254,20 @@ impl WorkerResult {
 mod tests {
     use super::*;
 
+    fn report() -> Report {
+        let mut latency = Histogram::new();
+        for v in [40, 41, 900] {
+            latency.record(v);
+        }
+        Report {
+            vcpu: 0,
+            ops: 10,
+            checks: 20,
+            latency,
+            ..Report::default()
+        }
+    }
+
     fn result(backend: Backend, stats: BackendStats) -> WorkerResult {
         WorkerResult {
             schema_version: SCHEMA_VERSION,
@@ -302,7 +293,10 @@ mod tests {
             ops: 10,
             expected_ops: 10,
             elapsed_ns: 2000,
-            per_vcpu: vec![],
+            per_vcpu: vec![VcpuResult {
+                report: report(),
+                perf: None,
+            }],
             mmu: Some(MmuStats {
                 faults: 3,
                 lock: LockStats {
@@ -351,7 +345,14 @@ mod tests {
         }
         let json = serde_json::to_string(&result(Backend::Native, BackendStats::None)).unwrap();
         assert!(json.contains(r#""backend_stats":null"#), "{json}");
-        assert!(json.contains(r#""schema_version":1"#), "{json}");
+        assert!(json.contains(r#""schema_version":2"#), "{json}");
+        // The report as it is: its counters and its histogram's non-empty buckets.
+        let b = Histogram::bucket_of;
+        let want = format!(
+            r#""per_vcpu":[{{"report":{{"vcpu":0,"ops":10,"checks":20,"pte_writes":0,"cr3_loads":0,"invlpgs":0,"tlb_flushes":0,"hypercalls":0,"latency":{{"count":3,"sum":981,"min":40,"max":900,"buckets":[[40,1],[41,1],[{},1]]}}}}}}]"#,
+            b(900)
+        );
+        assert!(json.contains(&want), "{json}");
     }
 
     #[test]

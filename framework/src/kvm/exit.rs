@@ -6,10 +6,11 @@ use shadowlab_abi::{status, NOP_PORT, UCALL_PORT};
 use super::emulate::{decode_store, Gprs};
 use super::hooks::{MmuHooks, PfAction};
 use super::monitor::ExceptionFrame;
-use super::report::{Done, ExitCounts, FailureKind, WorkloadReport};
+use super::report::{Done, ExitCounts, FailureKind};
 use super::ucall::{self, Ucall, UcallError};
 use crate::mem::GuestPhys;
 use crate::mem::MemError;
+use shadowlab_workloads::{Report, ReportWordsError};
 
 /// Page-fault vector.
 pub const PF_VECTOR: u64 = 14;
@@ -218,6 +219,9 @@ pub enum ReportBlockError {
     /// Reading it from guest memory failed.
     #[error("reading the report block: {0}")]
     Memory(#[from] MemError),
+    /// Its words are not a report (an inconsistent latency histogram).
+    #[error(transparent)]
+    Malformed(#[from] ReportWordsError),
 }
 
 /// Reads the workload report block of a DONE (`len` 0: none). Refused unless it is exactly
@@ -226,7 +230,7 @@ fn read_report<M: GuestPhys + ?Sized>(
     mem: &M,
     gpa: u64,
     len: u64,
-) -> Result<Option<WorkloadReport>, ReportBlockError> {
+) -> Result<Option<Box<Report>>, ReportBlockError> {
     use shadowlab_abi::report_words::TOTAL;
     if len == 0 {
         return Ok(None);
@@ -244,9 +248,7 @@ fn read_report<M: GuestPhys + ?Sized>(
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
-    WorkloadReport::from_words(&words)
-        .map(Some)
-        .ok_or(misplaced)
+    Ok(Some(Box::new(Report::from_words(&words)?)))
 }
 
 fn handle_ucall<M, H>(st: &mut ExitState, gpa: u64, mem: &M, mmu: &H) -> ExitAction
@@ -497,12 +499,19 @@ mod tests {
 
     #[test]
     fn done_with_a_report_block_is_read_and_a_bad_one_refused() {
-        use shadowlab_abi::report_words::{OPS, TOTAL};
+        use shadowlab_abi::report_words::TOTAL;
         let ram = ram();
         let mut st = ExitState::new(0);
-        for i in 0..TOTAL as u64 {
-            ram.write_u64(0x8000 + 8 * i, if i as usize == OPS { 77 } else { i })
-                .unwrap();
+        // What the guest sends: a report encoded into a block.
+        let mut sent = Report {
+            ops: 77,
+            ..Report::default()
+        };
+        sent.latency.record(300);
+        let mut block = [0u64; TOTAL];
+        sent.to_words(&mut block);
+        for (i, w) in block.iter().enumerate() {
+            ram.write_u64(0x8000 + 8 * i as u64, *w).unwrap();
         }
         let len = (TOTAL * 8) as u64;
         put(
@@ -514,7 +523,7 @@ mod tests {
             0,
         );
         match handle_exit(&mut st, ucall_exit(0x4000), &ram, &NativeMmu) {
-            ExitAction::Stop(Ok(d)) => assert_eq!(d.report.unwrap().ops, 77),
+            ExitAction::Stop(Ok(d)) => assert_eq!(*d.report.unwrap(), sent),
             other => panic!("{other:?}"),
         }
         for (gpa, len) in [
@@ -540,7 +549,7 @@ mod tests {
 
     #[test]
     fn a_refused_report_block_says_why() {
-        use shadowlab_abi::report_words::TOTAL;
+        use shadowlab_abi::report_words::{LAT_COUNT, TOTAL};
         let ram = ram();
         let len = (TOTAL * 8) as u64;
         assert_eq!(read_report(&ram, 0x8000, 0), Ok(None), "no block");
@@ -552,6 +561,14 @@ mod tests {
             );
         }
         assert_eq!(read_report(&ram, 0x8000, len).unwrap().unwrap().ops, 0);
+        // In place, but a histogram whose buckets do not add up to its count.
+        ram.write_u64(0x8000 + 8 * LAT_COUNT as u64, 5).unwrap();
+        let e = read_report(&ram, 0x8000, len).unwrap_err();
+        assert!(matches!(e, ReportBlockError::Malformed(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "report block: latency histogram buckets hold 0 samples but its count is 5"
+        );
     }
 
     #[test]

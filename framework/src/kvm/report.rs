@@ -12,6 +12,7 @@ use super::hooks::HookError;
 use super::monitor::ExceptionFrame;
 pub use shadowlab_schema::{ExitCounts, FaultTiming, HostCoherenceStats};
 use shadowlab_schema::{MmuStats, PerfCounts, Pinning};
+use shadowlab_workloads::Report;
 
 /// The guest's registers at a failure.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -190,104 +191,9 @@ pub struct Done {
     pub tsc_end: u64,
     /// All six DONE arguments.
     pub args: [u64; 6],
-    /// The workload's own report, when the program was a workload.
-    pub report: Option<WorkloadReport>,
-}
-
-/// A workload's report (`shadowlab_workloads::Report`) as the guest sent it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct WorkloadReport {
-    /// vCPU that ran it.
-    pub vcpu: u64,
-    /// Operations.
-    pub ops: u64,
-    /// Self-checks passed.
-    pub checks: u64,
-    /// PTE stores through the direct map.
-    pub pte_writes: u64,
-    /// CR3 loads.
-    pub cr3_loads: u64,
-    /// INVLPGs.
-    pub invlpgs: u64,
-    /// TLB flushes.
-    pub tlb_flushes: u64,
-    /// No-op hypercalls.
-    pub hypercalls: u64,
-    /// Per-op latency samples (TSC ticks).
-    pub latency_count: u64,
-    /// Their sum.
-    pub latency_sum: u64,
-    /// The smallest.
-    pub latency_min: u64,
-    /// The largest.
-    pub latency_max: u64,
-    /// The latency histogram's non-empty buckets, as (bucket index, samples) in index order
-    /// (`shadowlab_workloads::Histogram::bucket_of`: log-linear, 32 buckets per power of two;
-    /// most of the 1920 are empty, so they are not listed).
-    pub latency_buckets: Vec<(usize, u64)>,
-}
-
-// The block carries `Histogram::buckets` word for word.
-const _: () =
-    assert!(shadowlab_abi::report_words::NR_BUCKETS == shadowlab_workloads::hist::BUCKETS);
-
-impl WorkloadReport {
-    /// From the report block's words (`shadowlab_abi::report_words`).
-    pub fn from_words(w: &[u64]) -> Option<Self> {
-        use shadowlab_abi::report_words as r;
-        if w.len() != r::TOTAL {
-            return None;
-        }
-        Some(Self {
-            vcpu: w[r::VCPU],
-            ops: w[r::OPS],
-            checks: w[r::CHECKS],
-            pte_writes: w[r::PTE_WRITES],
-            cr3_loads: w[r::CR3_LOADS],
-            invlpgs: w[r::INVLPGS],
-            tlb_flushes: w[r::TLB_FLUSHES],
-            hypercalls: w[r::HYPERCALLS],
-            latency_count: w[r::LAT_COUNT],
-            latency_sum: w[r::LAT_SUM],
-            latency_min: w[r::LAT_MIN],
-            latency_max: w[r::LAT_MAX],
-            latency_buckets: w[r::LAT_BUCKETS..]
-                .iter()
-                .enumerate()
-                .filter(|&(_, &n)| n != 0)
-                .map(|(b, &n)| (b, n))
-                .collect(),
-        })
-    }
-
-    /// The report back in the workloads crate's type (the guest sent it through the ucall
-    /// ABI as words), so that every backend's reports are summarised by the same code.
-    pub fn to_report(&self) -> shadowlab_workloads::Report {
-        let mut latency = shadowlab_workloads::Histogram::new();
-        for &(b, n) in &self.latency_buckets {
-            // A bucket index out of range can only come from a hand-built report (from_words
-            // yields indices below NR_BUCKETS): it is dropped, and `count` still says how
-            // many samples there were.
-            if let Some(dst) = latency.buckets.get_mut(b) {
-                *dst = n;
-            }
-        }
-        latency.count = self.latency_count;
-        latency.sum = self.latency_sum;
-        latency.min = self.latency_min;
-        latency.max = self.latency_max;
-        shadowlab_workloads::Report {
-            vcpu: self.vcpu as usize,
-            ops: self.ops,
-            checks: self.checks,
-            pte_writes: self.pte_writes,
-            cr3_loads: self.cr3_loads,
-            invlpgs: self.invlpgs,
-            tlb_flushes: self.tlb_flushes,
-            hypercalls: self.hypercalls,
-            latency,
-        }
-    }
+    /// The workload's own report, when the program was a workload (boxed: 15 KiB, most of it
+    /// the latency histogram).
+    pub report: Option<Box<Report>>,
 }
 
 /// One vCPU's report.
@@ -366,45 +272,5 @@ mod tests {
             (t.count, t.median_ns, t.p90_ns, t.max_ns),
             (100, 51, 90, 100)
         );
-    }
-
-    #[test]
-    fn the_report_converts_back_with_its_latency_histogram() {
-        use shadowlab_abi::report_words as w;
-        use shadowlab_workloads::Histogram;
-        // What the guest does: a workload's histogram, copied word for word into the block.
-        let mut h = Histogram::new();
-        for v in [5, 7, 204, 257, 1000, 1000] {
-            h.record(v);
-        }
-        let mut words = vec![0u64; w::TOTAL];
-        words[w::OPS] = 6;
-        words[w::LAT_COUNT] = h.count;
-        words[w::LAT_SUM] = h.sum;
-        words[w::LAT_MIN] = h.min;
-        words[w::LAT_MAX] = h.max;
-        words[w::LAT_BUCKETS..].copy_from_slice(&h.buckets);
-        let r = WorkloadReport::from_words(&words).unwrap();
-        // Only the non-empty buckets are kept (and serialised).
-        assert_eq!(
-            r.latency_buckets,
-            vec![
-                (5, 1),
-                (7, 1),
-                (Histogram::bucket_of(204), 1),
-                (Histogram::bucket_of(257), 1),
-                (Histogram::bucket_of(1000), 2)
-            ]
-        );
-        let rep = r.to_report();
-        assert_eq!(rep.latency, h);
-        assert_eq!(rep.ops, 6);
-        // 204 and 257 are told apart (log2 buckets said 255 for both).
-        assert_eq!(
-            rep.latency.percentile(500),
-            Some(Histogram::representative(Histogram::bucket_of(204)))
-        );
-        assert_eq!(rep.latency.percentile(1000), Some(1000));
-        assert_eq!(WorkloadReport::from_words(&words[1..]), None);
     }
 }

@@ -13,7 +13,7 @@ mod validate;
 
 pub use args::{Backend, HostCoherence, WorkerArgs};
 pub use shadowlab_schema::{
-    BackendStats, LatencySummary, PolicyRecord, VcpuResult, Verdict, WorkerResult, SCHEMA_VERSION,
+    BackendStats, PolicyRecord, VcpuResult, Verdict, WorkerResult, SCHEMA_VERSION,
 };
 
 use shadowlab_workloads::{Params, Workload, WorkloadError};

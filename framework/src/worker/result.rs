@@ -3,10 +3,9 @@
 
 use shadowlab_policies::{PolicyInfo, Soundness};
 use shadowlab_schema::{
-    LatencySummary, ParamsRecord, PerfCounts, PolicyRecord, VcpuResult, Verdict, WorkerResult,
-    SCHEMA_VERSION,
+    ParamsRecord, PerfCounts, PolicyRecord, VcpuResult, Verdict, WorkerResult, SCHEMA_VERSION,
 };
-use shadowlab_workloads::{Histogram, Report, Run, Workload};
+use shadowlab_workloads::{Report, Run, Workload};
 
 use super::{Backend, WorkerArgs};
 use crate::BUILD_POLICY;
@@ -23,36 +22,6 @@ pub fn policy_record(p: PolicyInfo) -> PolicyRecord {
         }
         .into(),
         lockless: p.lockless,
-    }
-}
-
-/// Summarises the latency histogram `h`, whose values are in `unit`.
-pub fn latency_summary(h: &Histogram, unit: &str) -> LatencySummary {
-    LatencySummary {
-        unit: unit.into(),
-        samples: h.count,
-        mean: h.mean(),
-        min: (h.count > 0).then_some(h.min),
-        max: (h.count > 0).then_some(h.max),
-        p50: h.percentile(500),
-        p90: h.percentile(900),
-        p99: h.percentile(990),
-    }
-}
-
-/// One vCPU's result from the workload's report.
-pub fn vcpu_result(r: &Report, unit: &str, perf: Option<PerfCounts>) -> VcpuResult {
-    VcpuResult {
-        vcpu: r.vcpu,
-        ops: r.ops,
-        checks: r.checks,
-        pte_writes: r.pte_writes,
-        cr3_loads: r.cr3_loads,
-        invlpgs: r.invlpgs,
-        tlb_flushes: r.tlb_flushes,
-        hypercalls: r.hypercalls,
-        latency: latency_summary(&r.latency, unit),
-        perf,
     }
 }
 
@@ -90,8 +59,8 @@ pub fn new_result(args: &WorkerArgs, workload: &Workload, backend: Backend) -> W
     }
 }
 
-/// Adds one vCPU's report, and its thread's perf counters, to `result`.
-pub fn add_vcpu(result: &mut WorkerResult, report: &Report, unit: &str, perf: Option<PerfCounts>) {
+/// Adds one vCPU's report, as it is, and its thread's perf counters, to `result`.
+pub fn add_vcpu(result: &mut WorkerResult, report: Report, perf: Option<PerfCounts>) {
     result.ops += report.ops;
-    result.per_vcpu.push(vcpu_result(report, unit, perf));
+    result.per_vcpu.push(VcpuResult { report, perf });
 }

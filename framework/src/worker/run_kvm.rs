@@ -57,7 +57,11 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
     for v in &run.vcpus {
         match &v.outcome {
             Ok(done) => match &done.report {
-                Some(r) => add_vcpu(&mut result, &r.to_report(), "tsc", Some(v.perf.clone())),
+                Some(r) if r.vcpu != v.vcpu => failures.push(format!(
+                    "vCPU {}: its workload report says it is vCPU {}",
+                    v.vcpu, r.vcpu
+                )),
+                Some(r) => add_vcpu(&mut result, **r, Some(v.perf.clone())),
                 None => failures.push(format!("vCPU {}: DONE without a workload report", v.vcpu)),
             },
             Err(f) => failures.push(format!("vCPU {}: {f}", v.vcpu)),

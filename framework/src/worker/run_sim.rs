@@ -41,7 +41,7 @@ pub fn run(args: &WorkerArgs, workload: &Workload) -> Result<WorkerResult, Worke
     let mut failures = Vec::new();
     for (vcpu, r) in run.results.iter().enumerate() {
         match r {
-            Ok(report) => add_vcpu(&mut result, report, "ns", run.perf.get(vcpu).cloned()),
+            Ok(report) => add_vcpu(&mut result, *report, run.perf.get(vcpu).cloned()),
             Err(e) => failures.push(format!("vCPU {vcpu}: {e}")),
         }
     }

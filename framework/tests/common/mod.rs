@@ -52,7 +52,7 @@ pub fn every_workload_on_one_and_two_vcpus(
                 checks += rep.checks;
                 // The latency histogram crossed the ucall ABI whole: its buckets hold every
                 // sample, and its quantiles lie between the exact min and max.
-                let lat = rep.to_report().latency;
+                let lat = rep.latency;
                 assert!(
                     lat.count > 0,
                     "{} vCPU {}: no latency samples",
