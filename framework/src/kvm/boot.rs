@@ -139,9 +139,10 @@ pub fn prepare<M: GuestPhys + ?Sized>(
     hypercall_mmio: bool,
 ) -> Result<BootPlan, KvmError> {
     if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS {
-        return Err(KvmError::Config(format!(
-            "{nr_vcpus} vCPUs: must be 1..={MAX_VCPUS}"
-        )));
+        return Err(KvmError::VcpuCount {
+            vcpus: nr_vcpus,
+            max: MAX_VCPUS,
+        });
     }
     let ram_size = ram.ram_size();
     load_elf(ram, image)?;

@@ -33,12 +33,73 @@ pub enum KvmError {
     /// KVM_GET_STATS_FD failed.
     #[error("KVM_GET_STATS_FD: {0}")]
     GetStatsFd(#[source] std::io::Error),
-    /// Reading the binary stats failed or they were malformed.
-    #[error("reading KVM binary stats: {0}")]
-    ReadStats(String),
-    /// A configuration value is out of range.
-    #[error("bad configuration: {0}")]
-    Config(String),
+    /// Reading the binary stats' header failed.
+    #[error("reading the KVM binary stats header: {0}")]
+    ReadStatsHeader(#[source] std::io::Error),
+    /// Reading the binary stats' descriptors failed.
+    #[error("reading the KVM binary stats descriptors: {0}")]
+    ReadStatsDescriptors(#[source] std::io::Error),
+    /// Reading the binary stats' data failed.
+    #[error("reading the KVM binary stats data: {0}")]
+    ReadStatsData(#[source] std::io::Error),
+    /// The binary stats' header or a descriptor is not what the KVM API describes.
+    #[error("malformed KVM binary stats: {what}")]
+    MalformedStats {
+        /// Which part (`header`, `implausible header`, `descriptor`).
+        what: &'static str,
+    },
+    /// More vCPUs than this host's KVM allows (KVM_CAP_MAX_VCPUS).
+    #[error("{vcpus} vCPUs, KVM allows {max}")]
+    TooManyVcpusForKvm {
+        /// vCPUs asked for.
+        vcpus: usize,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// A vCPU count outside what the boot plan supports.
+    #[error("{vcpus} vCPUs: must be 1..={max}")]
+    VcpuCount {
+        /// vCPUs asked for.
+        vcpus: usize,
+        /// The most the guest layout has room for.
+        max: usize,
+    },
+    /// A guest RAM size that is not a multiple of 2 MiB in the allowed range.
+    #[error("guest RAM {bytes:#x}: must be a multiple of 2 MiB in {min:#x}..={max:#x}")]
+    RamSize {
+        /// Bytes asked for.
+        bytes: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// Guest RAM plus the shadow pool reach the monitor's guest-physical address.
+    #[error("RAM + shadow pool end at {end:#x}, past the monitor's address {monitor:#x}")]
+    PoolOverlapsMonitor {
+        /// Where RAM + pool end.
+        end: u64,
+        /// The monitor's address.
+        monitor: u64,
+    },
+    /// The shadow MMU gave a vCPU no root after loading its boot CR3 (a VMM bug).
+    #[error("vCPU {vcpu} has no shadow root after loading its boot CR3")]
+    NoShadowRoot {
+        /// vCPU index.
+        vcpu: usize,
+    },
+    /// The run's per-vCPU parts disagree in number (a VMM bug).
+    #[error("{vcpus} vCPUs but {kicks} kick states, {plans} boot plans, {cr3s} CR3s")]
+    VcpuPartsMismatch {
+        /// vCPUs.
+        vcpus: usize,
+        /// Kick states.
+        kicks: usize,
+        /// Boot plans.
+        plans: usize,
+        /// Boot CR3s.
+        cr3s: usize,
+    },
     /// The guest ELF is malformed or does not fit.
     #[error("guest image: {0}")]
     Elf(#[from] super::elf::ElfError),

@@ -72,12 +72,12 @@ where
     } = parts;
     let n = config.nr_vcpus;
     if kicks.len() != n || plan.vcpus.len() != n || cr3s.len() != n {
-        return Err(KvmError::Config(format!(
-            "{n} vCPUs but {} kick states, {} boot plans, {} CR3s",
-            kicks.len(),
-            plan.vcpus.len(),
-            cr3s.len()
-        )));
+        return Err(KvmError::VcpuPartsMismatch {
+            vcpus: n,
+            kicks: kicks.len(),
+            plans: plan.vcpus.len(),
+            cr3s: cr3s.len(),
+        });
     }
     let mut vcpus = Vec::with_capacity(n);
     let mut vcpu_stats = Vec::with_capacity(n);

@@ -173,8 +173,7 @@ impl<'a, P: SyncPolicy> ShadowHooks<'a, P> {
     pub fn boot_cr3(&self, vcpu: usize, root: u64) -> Result<u64, KvmError> {
         let mut v = self.v(vcpu);
         self.mmu.kvm_mmu_new_pgd(&mut v, root)?;
-        v.root_hpa()
-            .ok_or_else(|| KvmError::Config(format!("vCPU {vcpu} has no shadow root")))
+        v.root_hpa().ok_or(KvmError::NoShadowRoot { vcpu })
     }
 
     /// Host flushes done (pool memslot cycles).

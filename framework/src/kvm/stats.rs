@@ -60,10 +60,10 @@ impl StatsFd {
     }
 
     fn parse(file: File) -> Result<Self, KvmError> {
-        let bad = |what: &str| KvmError::ReadStats(what.to_string());
+        let bad = |what: &'static str| KvmError::MalformedStats { what };
         let mut header = [0u8; 24];
         file.read_exact_at(&mut header, 0)
-            .map_err(|e| KvmError::ReadStats(format!("header: {e}")))?;
+            .map_err(KvmError::ReadStatsHeader)?;
         let name_size = u32_at(&header, 4).ok_or_else(|| bad("header"))? as usize;
         let num_desc = u32_at(&header, 8).ok_or_else(|| bad("header"))? as usize;
         let desc_offset = u64::from(u32_at(&header, 16).ok_or_else(|| bad("header"))?);
@@ -74,7 +74,7 @@ impl StatsFd {
         let desc_size = 16 + name_size;
         let mut block = vec![0u8; desc_size * num_desc];
         file.read_exact_at(&mut block, desc_offset)
-            .map_err(|e| KvmError::ReadStats(format!("descriptors: {e}")))?;
+            .map_err(KvmError::ReadStatsDescriptors)?;
         let mut descs = Vec::with_capacity(num_desc);
         for d in block.chunks_exact(desc_size) {
             let flags = u32_at(d, 0).ok_or_else(|| bad("descriptor"))?;
@@ -115,7 +115,7 @@ impl StatsFd {
         let mut data = vec![0u8; end];
         self.file
             .read_exact_at(&mut data, self.data_offset)
-            .map_err(|e| KvmError::ReadStats(format!("data: {e}")))?;
+            .map_err(KvmError::ReadStatsData)?;
         let mut out = Snapshot::new();
         for d in &self.descs {
             let mut sum = 0u64;

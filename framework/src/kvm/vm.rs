@@ -86,9 +86,10 @@ fn open_kvm(nr_vcpus: usize) -> Result<(Kvm, VmFd, CpuId), KvmError> {
     }
     let max = kvm.get_max_vcpus();
     if nr_vcpus > max {
-        return Err(KvmError::Config(format!(
-            "{nr_vcpus} vCPUs, KVM allows {max}"
-        )));
+        return Err(KvmError::TooManyVcpusForKvm {
+            vcpus: nr_vcpus,
+            max,
+        });
     }
     let vm_fd = kvm.create_vm().map_err(KvmError::CreateVm)?;
     let cpuid = kvm
@@ -99,9 +100,11 @@ fn open_kvm(nr_vcpus: usize) -> Result<(Kvm, VmFd, CpuId), KvmError> {
 
 fn check_ram_size(ram_size: u64) -> Result<(), KvmError> {
     if !(MIN_RAM..=MAX_RAM).contains(&ram_size) || ram_size % (2 << 20) != 0 {
-        return Err(KvmError::Config(format!(
-            "guest RAM {ram_size:#x}: must be a multiple of 2 MiB in {MIN_RAM:#x}..={MAX_RAM:#x}"
-        )));
+        return Err(KvmError::RamSize {
+            bytes: ram_size,
+            min: MIN_RAM,
+            max: MAX_RAM,
+        });
     }
     Ok(())
 }
@@ -135,10 +138,12 @@ impl Vm {
     /// addresses, plus the monitor.
     pub fn with_guest_memory(mem: Arc<GuestMemory>, nr_vcpus: usize) -> Result<Self, KvmError> {
         check_ram_size(mem.ram_bytes())?;
-        if mem.pool_base() + mem.pool_frames() * 4096 > MONITOR_GPA {
-            return Err(KvmError::Config(
-                "RAM + shadow pool reach the monitor's address".into(),
-            ));
+        let end = mem.pool_base() + mem.pool_frames() * 4096;
+        if end > MONITOR_GPA {
+            return Err(KvmError::PoolOverlapsMonitor {
+                end,
+                monitor: MONITOR_GPA,
+            });
         }
         let (kvm, vm_fd, cpuid) = open_kvm(nr_vcpus)?;
         let monitor = mmap(MONITOR_SIZE)?;

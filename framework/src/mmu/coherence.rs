@@ -1,18 +1,9 @@
-//! The host coherence log: the machine-physical addresses of SPTEs whose change a host that
-//! shadows our shadow tables (no EPT/NPT: the development machines' host, see the
-//! [host notes](crate::kvm#this-host)) cannot see by itself.
-//!
-//! Such a host caches translations built from our tables and write-protects the pool pages it
-//! shadows *for guest stores*; the VMM writes SPTEs from userspace, which the host never traps.
-//! A change that only adds (not-present -> present, or a permission) is harmless: the host's
-//! fault path re-walks our tables. Anything that removes (clear, write-protect, new frame,
-//! a root link dropped) leaves the host's translation stale until the same store is made
-//! again *by the guest*, where the host traps it and zaps its own shadow entry
-//! (`kvm_mmu_pte_write` / `kvm_mmu_track_write`). So every such store appends its SPTE's
-//! address here; the `kvm` backend has the vCPU replay them in guest context (the monitor's
-//! replay routine, `kvm::monitor` replay) when the MMU's `KVM_REQ_TLB_FLUSH` arrives: KVM follows every
-//! such change with a remote TLB flush, so the flush request is the point where the host must
-//! have caught up.
+//! The host coherence log: the machine-physical addresses of SPTEs whose change takes
+//! something away (clear, write-protect, new frame, a root link dropped), for a backend whose
+//! host shadows our shadow tables and cannot see the VMM's own stores to them. Why such a host
+//! needs them and how the `kvm` backend replays them on the MMU's `KVM_REQ_TLB_FLUSH` is
+//! explained once, in [This host](crate::kvm#this-host); a change that only adds is not
+//! logged ([`needs_flush`]).
 //!
 //! Not in KVM (KVM is the host; it has no host above it). Off by default ([`Mmu::new`]), so
 //! the `sim` backend, whose software TLB is coherent by construction, pays one load of an
