@@ -479,17 +479,71 @@ fn run_worker(mut cmd: Command, timeout: Duration, interrupted: &AtomicBool) -> 
         Err(e) => return WorkerOutcome::Failed(e),
     };
     let last_err = stderr.lines().last().unwrap_or("").trim().to_string();
-    match serde_json::from_str::<WorkerResult>(stdout.trim()) {
-        Ok(r) if r.schema_version != SCHEMA_VERSION => WorkerOutcome::Failed(format!(
-            "result schema version {} (this driver reads {SCHEMA_VERSION})",
-            r.schema_version
-        )),
+    match read_result(stdout.trim()) {
+        Err(e @ ResultError::Version { .. }) => WorkerOutcome::Failed(e.to_string()),
         // Exit 0 with a pass, or exit 3 with a failed verdict: a result either way.
         Ok(r) if status.success() || status.code() == Some(3) => WorkerOutcome::Done(Box::new(r)),
         Ok(_) => WorkerOutcome::Failed(format!("worker exited with {status}: {last_err}")),
-        Err(e) if status.success() => {
-            WorkerOutcome::Failed(format!("bad JSON from the worker: {e}"))
-        }
+        Err(e) if status.success() => WorkerOutcome::Failed(e.to_string()),
         Err(_) => WorkerOutcome::Failed(format!("worker exited with {status}: {last_err}")),
+    }
+}
+
+/// Why a worker's stdout is not a result this driver reads.
+#[derive(Debug, thiserror::Error)]
+enum ResultError {
+    /// A result of another schema version (named as such even when its fields no longer parse
+    /// as this version's).
+    #[error("result schema version {found} (this driver reads {SCHEMA_VERSION})")]
+    Version {
+        /// The version the worker wrote.
+        found: u32,
+    },
+    /// Not a result at all.
+    #[error("bad JSON from the worker: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Reads the worker's JSON line: its `schema_version` first, then the whole result.
+fn read_result(stdout: &str) -> Result<WorkerResult, ResultError> {
+    /// Only the version, which every schema version carries.
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        schema_version: u32,
+    }
+    if let Ok(v) = serde_json::from_str::<Versioned>(stdout) {
+        if v.schema_version != SCHEMA_VERSION {
+            return Err(ResultError::Version {
+                found: v.schema_version,
+            });
+        }
+    }
+    Ok(serde_json::from_str(stdout)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_of_another_schema_version_is_named_as_such() {
+        // A version-1 line: per-vCPU counters and a latency summary, which no longer parse.
+        let v1 = r#"{"schema_version":1,"per_vcpu":[{"vcpu":0,"ops":5,"latency":{"unit":"tsc","p50":3}}]}"#;
+        let e = read_result(v1).unwrap_err();
+        assert!(matches!(e, ResultError::Version { found: 1 }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!("result schema version 1 (this driver reads {SCHEMA_VERSION})")
+        );
+        // This version, but not a whole result; and not JSON at all.
+        let this = format!(r#"{{"schema_version":{SCHEMA_VERSION}}}"#);
+        for bad in [this.as_str(), "no json"] {
+            let e = read_result(bad).unwrap_err();
+            assert!(matches!(e, ResultError::Json(_)), "{bad}: {e:?}");
+            assert!(
+                e.to_string().starts_with("bad JSON from the worker: "),
+                "{e}"
+            );
+        }
     }
 }
