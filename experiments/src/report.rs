@@ -244,6 +244,15 @@ pub fn run(args: &ReportArgs) -> ExitCode {
         .workers
         .clone()
         .unwrap_or_else(|| root.join("target/policy-builds/bin"));
+    // The run's exact instruction counts (crate::report_callgrind), read first: bad input.
+    let from_run = match args.run.as_deref().map(crate::report_callgrind::from_run) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            eprintln!("shadowlab report: error: {e}");
+            return ExitCode::from(2);
+        }
+        None => Vec::new(),
+    };
     let mut made = match pieces(&workers, !args.no_build) {
         Ok(p) => p,
         Err(e) => {
@@ -251,15 +260,7 @@ pub fn run(args: &ReportArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The run's exact instruction counts (crate::report_callgrind).
-    match args.run.as_deref().map(crate::report_callgrind::from_run) {
-        Some(Ok(p)) => made.extend(p),
-        Some(Err(e)) => {
-            eprintln!("shadowlab report: error: {e}");
-            return ExitCode::from(2);
-        }
-        None => {}
-    }
+    made.extend(from_run);
     if args.check {
         let differ = stale(&out, &made);
         if differ.is_empty() {
