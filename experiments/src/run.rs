@@ -285,7 +285,10 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
     let groups = spec.groups_of(args.shard);
     let cells = spec.cells(&groups);
     let mut progress = Progress::new(u64::from(spec.reps) * cells.len() as u64);
-    let callgrind = !args.no_callgrind && crate::callgrind_pass::counts_here(args.shard);
+    // The callgrind pass: in shard 1 (or unsharded), when the matrix has a sim workload.
+    let callgrind = !args.no_callgrind
+        && crate::callgrind_pass::counts_here(args.shard)
+        && !crate::callgrind_pass::workloads(&spec).is_empty();
     let mut needed: std::collections::BTreeSet<String> =
         cells.iter().map(|c| c.binary().to_string()).collect();
     if callgrind {
