@@ -125,8 +125,9 @@ fn rows(record: &CallgrindRecord) -> Vec<Row<'_>> {
     out
 }
 
-fn num(v: Option<f64>, fmt: impl Fn(f64) -> String) -> String {
-    v.map_or_else(|| "—".to_string(), fmt)
+/// `v` formatted, or `none` where there is no value.
+fn num(v: Option<f64>, none: &str, fmt: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| none.to_string(), fmt)
 }
 
 /// The arm as the tables name it: the cross-layout build with its pad.
@@ -210,10 +211,10 @@ fn markdown(record: &CallgrindRecord, rows: &[Row<'_>]) -> String {
                 Some(p) => format!("{p:.2}"),
                 None => "failed".into(),
             },
-            num(r.delta, |d| format!("{d:+.2}")),
-            num(r.delta_pct, |d| format!("{d:+.3}%")),
-            num(r.delta_per_check, |d| format!("{d:+.2}")),
-            num(r.checks_per_op, |c| format!("{c:.3}")),
+            num(r.delta, "—", |d| format!("{d:+.3}")),
+            num(r.delta_pct, "—", |d| format!("{d:+.4}%")),
+            num(r.delta_per_check, "—", |d| format!("{d:+.3}")),
+            num(r.checks_per_op, "—", |c| format!("{c:.3}")),
         ));
     }
     let failed = failures(rows);
@@ -277,10 +278,10 @@ fn latex(record: &CallgrindRecord, rows: &[Row<'_>]) -> String {
                 Some(p) => format!("{p:.2}"),
                 None => "failed".into(),
             },
-            num(r.delta, |d| format!("{d:+.2}")),
-            num(r.delta_pct, |d| format!("{d:+.3}\\%")),
-            num(r.delta_per_check, |d| format!("{d:+.2}")),
-            num(r.checks_per_op, |c| format!("{c:.3}")),
+            num(r.delta, "---", |d| format!("{d:+.3}")),
+            num(r.delta_pct, "---", |d| format!("{d:+.4}\\%")),
+            num(r.delta_per_check, "---", |d| format!("{d:+.3}")),
+            num(r.checks_per_op, "---", |c| format!("{c:.3}")),
         ));
     }
     s.push_str("\\bottomrule\n\\end{tabular}\n");
@@ -355,7 +356,7 @@ mod tests {
         let md = String::from_utf8(pieces(&r)[0].bytes.clone()).unwrap();
         // seqcst-fence: 1010 more instructions over 1000 ops and 1010 checks.
         assert!(
-            md.contains("| seqcst-fence | 4355.70 | +1.01 | +0.023% | +1.00 | 1.010 |"),
+            md.contains("| seqcst-fence | 4355.70 | +1.010 | +0.0232% | +1.000 | 1.010 |"),
             "{md}"
         );
         assert!(
@@ -363,7 +364,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| rmb-fence-xl (pad 1536 B) | 4354.69 | +0.00 | +0.000% |"),
+            md.contains("| rmb-fence-xl (pad 1536 B) | 4354.69 | +0.000 | +0.0000% |"),
             "{md}"
         );
         assert!(md.contains("| always-lock | failed | — |"), "{md}");
@@ -378,11 +379,16 @@ mod tests {
         let tex = String::from_utf8(pieces(&r)[1].bytes.clone()).unwrap();
         assert!(
             tex.contains(
-                "& \\texttt{seqcst-fence} & 4355.70 & +1.01 & +0.023\\% & +1.00 & 1.010 \\\\"
+                "& \\texttt{seqcst-fence} & 4355.70 & +1.010 & +0.0232\\% & +1.000 & 1.010 \\\\"
             ),
             "{tex}"
         );
         assert!(tex.contains("no\\_way"), "{tex}");
+        assert!(
+            tex.contains("\\texttt{rmb-fence} & 4354.69 & --- & --- & --- & 1.010"),
+            "{tex}"
+        );
+        assert!(!tex.contains('—'), "{tex}");
         assert_eq!(tex.matches("\\begin{tabular}").count(), 1);
         assert_eq!(pieces(&r)[0].name, "instructions-per-op.md");
         assert_eq!(pieces(&r)[1].name, "instructions-per-op.tex");
