@@ -1,9 +1,12 @@
 //! Building `shadowlab-vmm` once per policy, from the framework's cargo features, into a cache
-//! keyed by (commit, dirty-tree hash, policy): a second run of the same tree does not rebuild.
+//! keyed by (commit, dirty-tree hash, policy, code layout): a second run of the same tree does
+//! not rebuild.
 //!
 //! `target/shadowlab-workers/<commit>-<dirty>/<policy>/shadowlab-vmm`, built in a cargo target
 //! directory of its own (`target/shadowlab-workers/cargo`) so that a policy build never
-//! replaces the default `target/release/shadowlab-vmm`.
+//! replaces the default `target/release/shadowlab-vmm`. A build with a layout pad (the
+//! cross-layout arm's) is `.../<policy>-pad<N>/shadowlab-vmm`, built in
+//! `target/shadowlab-workers/cargo-layout`, so that the two layouts never rebuild each other.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -113,54 +116,88 @@ pub struct BinaryRecord {
     pub sha256: String,
     /// Built by this run (false: taken from the cache, or given with `--worker`).
     pub built_now: bool,
+    /// The bytes of padding its build placed ahead of the MMU (`layout-pad` of its own
+    /// `--version`; 0: the default layout, and in runs made before the field existed).
+    #[serde(default)]
+    pub layout_pad: u64,
+    /// The one arm this build runs when it is not its policy's own build: `rmb-fence-xl`, the
+    /// cross-layout A/A. Absent for a policy's build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
 }
 
-/// The cached binary of `policy` for `state` under `root`.
-pub fn cached_path(root: &Path, state: &SourceState, policy: &str) -> PathBuf {
+/// The cached binary of `policy` with `layout_pad` bytes of padding (0: the default layout)
+/// for `state` under `root`.
+pub fn cached_path(root: &Path, state: &SourceState, policy: &str, layout_pad: u64) -> PathBuf {
+    let entry = if layout_pad == 0 {
+        policy.to_string()
+    } else {
+        format!("{policy}-pad{layout_pad}")
+    };
     root.join("target/shadowlab-workers")
         .join(state.key())
-        .join(policy)
+        .join(entry)
         .join("shadowlab-vmm")
 }
 
-/// The binary of `policy`: from the cache, or built now with
-/// `cargo build --release -p shadowlab-framework --bin shadowlab-vmm --no-default-features
-/// --features policy-<policy>` and copied into the cache.
+/// The binary of `policy` with `layout_pad` bytes of padding ahead of the MMU (0: the default
+/// layout): from the cache, or built now with `cargo build --release -p shadowlab-framework
+/// --bin shadowlab-vmm --no-default-features --features policy-<policy>` (and
+/// `SHADOWLAB_LAYOUT_PAD=<layout_pad>`) and copied into the cache.
 pub fn worker_binary(
     root: &Path,
     state: &SourceState,
     policy: &str,
+    layout_pad: u64,
     log: &mut dyn FnMut(&str),
 ) -> Result<BinaryRecord, DriverError> {
-    let dest = cached_path(root, state, policy);
+    let dest = cached_path(root, state, policy, layout_pad);
     let built_now = !dest.exists();
     if built_now {
-        log(&format!("building shadowlab-vmm with policy-{policy} ..."));
-        // One cargo target directory for every policy (the dependencies compile once); each
-        // binary is installed into its cache entry whole or not at all, also when shards on
-        // one host (Slurm array tasks) build the same policy at once.
-        let target = root.join("target/shadowlab-workers/cargo");
-        let built =
-            worker_build::build_worker(root, &target, policy).map_err(|e| DriverError::Build {
-                policy: policy.into(),
-                reason: e.to_string(),
-            })?;
-        worker_build::install(&built, &dest).map_err(|e| DriverError::Build {
+        let build_err = |e: worker_build::BuildWorkerError| DriverError::Build {
             policy: policy.into(),
             reason: e.to_string(),
-        })?;
+        };
+        // One cargo target directory for every policy (the dependencies compile once), and one
+        // more for the padded layout; each binary is installed into its cache entry whole or
+        // not at all, also when shards on one host (Slurm array tasks) build it at once.
+        let built = if layout_pad == 0 {
+            log(&format!("building shadowlab-vmm with policy-{policy} ..."));
+            let target = root.join("target/shadowlab-workers/cargo");
+            worker_build::build_worker(root, &target, policy).map_err(build_err)?
+        } else {
+            log(&format!(
+                "building shadowlab-vmm with policy-{policy} and a {layout_pad}-byte layout pad ..."
+            ));
+            let target = root.join("target/shadowlab-workers/cargo-layout");
+            worker_build::build_worker_with_layout(root, &target, policy, layout_pad)
+                .map_err(build_err)?
+        };
+        worker_build::install(&built, &dest).map_err(build_err)?;
     }
-    checked(policy, &dest, built_now)
+    let rec = checked(policy, &dest, built_now)?;
+    if rec.layout_pad != layout_pad {
+        return Err(DriverError::Build {
+            policy: policy.into(),
+            reason: format!(
+                "{} has a {}-byte layout pad, not the {layout_pad} it was built with",
+                dest.display(),
+                rec.layout_pad
+            ),
+        });
+    }
+    Ok(rec)
 }
 
-/// The record of the binary at `path`, after checking that it was built with `policy`.
+/// The record of the binary at `path`, after checking that it was built with `policy`; its
+/// layout pad is what its `--version` says.
 pub fn checked(policy: &str, path: &Path, built_now: bool) -> Result<BinaryRecord, DriverError> {
-    let actual = crate::worker::policy_of(path)?;
-    if actual != policy {
+    let id = crate::worker::identity_of(path)?;
+    if id.policy != policy {
         return Err(DriverError::WrongPolicy {
             path: path.to_path_buf(),
             want: policy.into(),
-            actual,
+            actual: id.policy,
         });
     }
     Ok(BinaryRecord {
@@ -168,6 +205,8 @@ pub fn checked(policy: &str, path: &Path, built_now: bool) -> Result<BinaryRecor
         path: path.to_path_buf(),
         sha256: sha256_file(path)?,
         built_now,
+        layout_pad: id.layout_pad,
+        arm: None,
     })
 }
 
@@ -183,8 +222,13 @@ mod tests {
             dirty_hash: "00ff00ff00ff00ff".into(),
         };
         assert_eq!(
-            cached_path(Path::new("/r"), &s, "always-lock"),
+            cached_path(Path::new("/r"), &s, "always-lock", 0),
             Path::new("/r/target/shadowlab-workers/85d603c01234-00ff00ff00ff00ff/always-lock/shadowlab-vmm")
+        );
+        assert_eq!(
+            cached_path(Path::new("/r"), &s, "rmb-fence", 1234),
+            Path::new("/r/target/shadowlab-workers/85d603c01234-00ff00ff00ff00ff/rmb-fence-pad1234/shadowlab-vmm"),
+            "the cross-layout build is cached apart from the policy's own"
         );
     }
 

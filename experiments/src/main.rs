@@ -3,6 +3,7 @@
 //! paper's generated tables and figures.
 
 mod build;
+mod callgrind_pass;
 mod compare;
 mod disasm;
 mod error;
@@ -13,6 +14,7 @@ mod matrix_figure;
 mod merge;
 mod progress;
 mod report;
+mod report_callgrind;
 mod results;
 mod run;
 mod summary;

@@ -2,9 +2,11 @@
 //! which order, and the presets that name a matrix.
 //!
 //! A *group* is one (backend, workload, vCPUs); a *cell* is a group with an *arm*. In every
-//! group the arms are the policies, plus `rmb-fence-aa` (the `rmb-fence` binary run as a second
-//! arm: the A/A control) — except on `native`, which is policy-independent and has the one arm
-//! `native`. A *block* is one repetition of every cell, in a seeded random order, so that
+//! group the arms are the policies, plus two A/A controls of the baseline: `rmb-fence-aa` (the
+//! `rmb-fence` binary run as a second arm: the same-binary A/A) and `rmb-fence-xl` (`rmb-fence`
+//! built a second time with another code layout, [`cross_layout_pad`] bytes of padding ahead
+//! of the MMU: the cross-layout A/A) — except on `native`, which is policy-independent and has
+//! the one arm `native`. A *block* is one repetition of every cell, in a seeded random order, so that
 //! machine drift spreads over all arms (Firecracker's A/B practice); statistics pair arms by
 //! block.
 
@@ -16,6 +18,10 @@ use shadowlab_workloads::rng::Rng;
 pub const BASELINE: &str = "rmb-fence";
 /// The A/A arm: the baseline's binary run a second time.
 pub const AA_ARM: &str = "rmb-fence-aa";
+/// The cross-layout A/A arm: the baseline built a second time with [`cross_layout_pad`] bytes
+/// of padding in `.text` ahead of the MMU (`SHADOWLAB_LAYOUT_PAD`), so that every function of
+/// the shadow MMU sits at another address and nothing else changes.
+pub const XL_ARM: &str = "rmb-fence-xl";
 /// The arm name of the `native` backend (any binary: no policy runs).
 pub const NATIVE_ARM: &str = "native";
 /// The unsound negative control, run only when a flag names it.
@@ -47,6 +53,11 @@ impl Cell {
         binary_policy(&self.arm)
     }
 
+    /// The build this arm runs: its policy's, or [`XL_ARM`] for the cross-layout build.
+    pub fn binary(&self) -> &str {
+        binary_of(&self.arm)
+    }
+
     /// `arm backend workload vN`, for progress lines.
     pub fn label(&self) -> String {
         format!(
@@ -59,9 +70,30 @@ impl Cell {
 /// The policy whose binary runs `arm`.
 pub fn binary_policy(arm: &str) -> &str {
     match arm {
-        AA_ARM | NATIVE_ARM => BASELINE,
+        AA_ARM | XL_ARM | NATIVE_ARM => BASELINE,
         p => p,
     }
+}
+
+/// The build that runs `arm`: [`XL_ARM`] (the baseline with another code layout) for the
+/// cross-layout arm, otherwise the policy's own build.
+pub fn binary_of(arm: &str) -> &str {
+    match arm {
+        XL_ARM => XL_ARM,
+        a => binary_policy(a),
+    }
+}
+
+/// The padding (bytes) the cross-layout build of run seed `seed` places ahead of the MMU: a
+/// number in 64..4096 drawn from the seed, so that a run is reproducible (the same seed, the
+/// same layout, the same cached binary) and different seeds sample different layouts. 64 bytes
+/// and more moves the MMU's code off its cache lines; below a page, it stays within the
+/// distances a linker's ordering choices produce. The build rounds it up to the MMU's 16-byte
+/// function alignment.
+pub fn cross_layout_pad(seed: u64) -> u64 {
+    // A constant of its own ("layout" in ASCII) keeps this draw apart from the block orders'.
+    let mut rng = Rng::new(seed ^ 0x6c61_796f_7574);
+    64 + rng.below(4096 - 64)
 }
 
 /// `K/N`: the K-th (1-based) of N slices.
@@ -113,6 +145,11 @@ pub struct MatrixSpec {
     /// it off). Each sample records the mapping the worker made.
     #[serde(default)]
     pub pin: bool,
+    /// Whether the groups have the cross-layout A/A arm [`XL_ARM`] (absent, so false, in runs
+    /// made before it existed). Its build's pad is in the manifest's binary records and in
+    /// every sample (`result.layout_pad`).
+    #[serde(default)]
+    pub cross_layout: bool,
 }
 
 impl MatrixSpec {
@@ -132,6 +169,9 @@ impl MatrixSpec {
         }
         let mut arms = self.policies.clone();
         arms.insert(1.min(arms.len()), AA_ARM.into());
+        if self.cross_layout {
+            arms.insert(2.min(arms.len()), XL_ARM.into());
+        }
         arms
     }
 
@@ -201,16 +241,57 @@ pub struct Preset {
 }
 
 /// The presets: data, printed by `shadowlab list` and named in the README.
+///
+/// # Run lengths on `sim`
+///
+/// A sim run's per-op time is the mean over its measured region; the region has to last long
+/// enough that timer ticks, page-cache and scheduler events average out inside it, or the A/A
+/// floor is the noise of a few events (the quick run of commit 1827957, 2000 iterations
+/// everywhere, had sim A/A floors of 13-157%: its cr3-switch regions lasted 0.5 ms). An earlier
+/// measurement, sim cr3-switch with 200,000 iterations (~50 ms) and 20 blocks, gave a
+/// same-binary A/A interval of about ±2%, i.e. a per-block A/A ratio spread of ~3.5%; a region
+/// ~5-8x longer should bring that spread down towards 1.5%. So each sim row's iterations are
+/// set from its per-op time at 1 vCPU on the 2-core reference machine (the medians of
+/// `bench-results/20261202T163855Z-1827957`, and single runs of the other workloads on a quiet
+/// moment of that machine): cr3-switch ~240 ns, pt-churn ~66 µs, unsync-race ~5 µs,
+/// mmap-churn ~100 µs, fault-storm ~47 µs an iteration (256 touches; plus ~4x that outside the
+/// region to map the pages), exit-floor ~61 ns, relink-race ~24 µs. At 2 vCPUs an op costs
+/// 1.1-7x more (relink-race most), so 2-vCPU regions are longer. Targets: `quick` ~0.25 s a
+/// region at 1 vCPU, `full` ~0.4 s; the `full` preset also has more blocks, which narrows the
+/// interval more than a longer region does (with 5 blocks the bootstrap interval of the median
+/// is about the range of the 5 per-block ratios).
+///
+/// Time, estimated from single-run timings (the whole presets were not run on the shared
+/// machine): a sim arm-block (every sim group once for one arm) of `quick` lasts ~2.5 s, so its
+/// 6 arms × 5 blocks ~75 s; its kvm and native rows ~200 s (kvm pt-churn, ~6 s a run, is most
+/// of it); callgrind ~20 s; the 5 builds of a new commit ~2.5 min: ~7 min, ~5 min cached.
+/// `full`: a sim arm-block ~10 s, × 6 arms × 12 blocks ~12 min; kvm and native ~5 min;
+/// callgrind ~1 min; builds ~2.5 min: ~20 min.
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "quick",
-        about: "a first look, <= 5 min on a 2-core machine",
+        about: "a first look, ~7 min on a 2-core machine with the builds, ~5 min cached",
         rows: &[
+            // ~0.24 s at 1 vCPU (~240 ns an op), ~0.37 s at 2.
             PresetRow {
                 backend: Backend::Sim,
-                workloads: &["cr3-switch", "pt-churn", "unsync-race"],
+                workloads: &["cr3-switch"],
                 vcpus: &[1, 2],
-                iters: 2000,
+                iters: 1_000_000,
+            },
+            // ~0.23 s at 1 vCPU (~66 µs), ~0.45 s at 2.
+            PresetRow {
+                backend: Backend::Sim,
+                workloads: &["pt-churn"],
+                vcpus: &[1, 2],
+                iters: 3_500,
+            },
+            // ~0.25 s at 1 vCPU (~5 µs), ~0.8 s at 2.
+            PresetRow {
+                backend: Backend::Sim,
+                workloads: &["unsync-race"],
+                vcpus: &[1, 2],
+                iters: 50_000,
             },
             PresetRow {
                 backend: Backend::Kvm,
@@ -229,27 +310,54 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         name: "full",
-        about: "every workload on every backend, <= 30 min on a 2-core machine",
+        about: "every workload on every backend, ~20 min on a 2-core machine",
         rows: &[
+            // ~0.4 s a region at 1 vCPU (see the per-op times above); 2 vCPUs 0.4-1.3 s.
             PresetRow {
                 backend: Backend::Sim,
-                workloads: &[
-                    "cr3-switch",
-                    "pt-churn",
-                    "unsync-race",
-                    "mmap-churn",
-                    "fault-storm",
-                    "exit-floor",
-                ],
+                workloads: &["cr3-switch"],
                 vcpus: &[1, 2],
-                iters: 5000,
+                iters: 1_600_000,
             },
-            // relink-race does ~10 table edits, links and shootdowns a round.
+            PresetRow {
+                backend: Backend::Sim,
+                workloads: &["pt-churn"],
+                vcpus: &[1, 2],
+                iters: 6_000,
+            },
+            PresetRow {
+                backend: Backend::Sim,
+                workloads: &["unsync-race"],
+                vcpus: &[1, 2],
+                iters: 80_000,
+            },
+            PresetRow {
+                backend: Backend::Sim,
+                workloads: &["mmap-churn"],
+                vcpus: &[1, 2],
+                iters: 4_000,
+            },
+            // Mapping the pages (outside the region) costs ~4x the touches (inside): 4000
+            // rounds are ~0.2 s of region and ~0.9 s of run at 1 vCPU (0.36 s and ~1.4 s at 2).
+            PresetRow {
+                backend: Backend::Sim,
+                workloads: &["fault-storm"],
+                vcpus: &[1, 2],
+                iters: 4_000,
+            },
+            PresetRow {
+                backend: Backend::Sim,
+                workloads: &["exit-floor"],
+                vcpus: &[1, 2],
+                iters: 6_000_000,
+            },
+            // relink-race does ~10 table edits, links and shootdowns a round: ~24 µs at 1 vCPU,
+            // ~170 µs at 2 (0.24 s and 1.7 s).
             PresetRow {
                 backend: Backend::Sim,
                 workloads: &["relink-race"],
                 vcpus: &[1, 2],
-                iters: 1000,
+                iters: 10_000,
             },
             // On kvm and native an iteration of pt-churn costs ~3.5 ms (2 vCPUs: 300 take
             // 2.8 s) and of unsync-race ~2.6 ms at 2 vCPUs; cr3-switch and exit-floor ~0.2 ms.
@@ -305,7 +413,7 @@ pub const PRESETS: &[Preset] = &[
                 iters: 100,
             },
         ],
-        reps: 10,
+        reps: 12,
     },
 ];
 
@@ -352,7 +460,49 @@ mod tests {
             reps: 3,
             seed: 7,
             pin: true,
+            cross_layout: true,
         }
+    }
+
+    #[test]
+    fn every_non_native_group_has_both_aa_controls_and_old_runs_only_the_first() {
+        let s = spec();
+        for g in s.groups_of(None) {
+            let arms = s.arms(&g);
+            if g.backend == Backend::Native {
+                assert_eq!(arms, [NATIVE_ARM]);
+            } else {
+                assert_eq!(arms, [BASELINE, AA_ARM, XL_ARM, "always-lock"], "{g:?}");
+            }
+        }
+        // A manifest written before the cross-layout arm existed has no such field.
+        let mut json = serde_json::to_value(&s).unwrap();
+        json.as_object_mut().unwrap().remove("cross_layout");
+        let old: MatrixSpec = serde_json::from_value(json).unwrap();
+        assert!(!old.cross_layout);
+        let sim = old.groups_of(None).into_iter().next().unwrap();
+        assert_eq!(old.arms(&sim), [BASELINE, AA_ARM, "always-lock"]);
+    }
+
+    #[test]
+    fn the_cross_layout_arm_runs_the_baseline_with_a_seeded_pad() {
+        assert_eq!(binary_policy(XL_ARM), BASELINE);
+        assert_eq!(binary_of(XL_ARM), XL_ARM);
+        assert_eq!(binary_of(AA_ARM), BASELINE);
+        assert_eq!(binary_of("always-lock"), "always-lock");
+        let pads: Vec<u64> = (0..200).map(cross_layout_pad).collect();
+        assert!(pads.iter().all(|p| (64..4096).contains(p)), "{pads:?}");
+        assert_eq!(
+            cross_layout_pad(1),
+            cross_layout_pad(1),
+            "a pure function of the seed"
+        );
+        let distinct: std::collections::BTreeSet<_> = pads.iter().collect();
+        assert!(
+            distinct.len() > 150,
+            "seeds sample many layouts: {}",
+            distinct.len()
+        );
     }
 
     #[test]
@@ -366,6 +516,24 @@ mod tests {
                         .any(|r| r.backend == b && r.workloads.contains(&w)),
                     "full preset: no {w} on {b:?}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn every_preset_row_is_within_its_workloads_run_length_bound() {
+        use shadowlab_workloads::Run;
+        for p in PRESETS {
+            for (g, iters) in p.groups() {
+                let w = shadowlab_workloads::Workload::from_name(&g.workload)
+                    .unwrap_or_else(|| panic!("{}: unknown workload {}", p.name, g.workload));
+                let params = shadowlab_workloads::Params {
+                    iters,
+                    ..w.default_params()
+                };
+                w.with_params(params)
+                    .validate(g.vcpus as usize)
+                    .unwrap_or_else(|e| panic!("{} {g:?} at {iters} iterations: {e}", p.name));
             }
         }
     }

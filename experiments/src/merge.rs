@@ -1,6 +1,7 @@
 //! `shadowlab merge DIR… --out DIR`: joins the shard folders of one run into one run folder.
 //! Refuses shards of different commits or matrices, a shard given twice, and incomplete shards;
-//! keeps each shard's host in the manifest.
+//! keeps each shard's host in the manifest, and shard 1's instruction counts (`callgrind.json`:
+//! only shard 1 makes them).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +83,14 @@ fn inner(args: &MergeArgs) -> Result<(), DriverError> {
         |n| n.to_string_lossy().into_owned(),
     );
     manifest.status = Status::Complete;
+    // Shard 1's counts (read before the folder is made: a corrupt file leaves nothing behind).
+    let callgrind = match loaded
+        .iter()
+        .find(|l| crate::callgrind_pass::counts_here(l.manifest.shards.first().copied()))
+    {
+        Some(l) => results::read_callgrind(&l.dir)?,
+        None => None,
+    };
     results::create_run_dir(&args.out)?;
     results::write_atomic(
         &args.out,
@@ -90,6 +99,9 @@ fn inner(args: &MergeArgs) -> Result<(), DriverError> {
     )?;
     let summary = crate::summary::summarise(&samples, Status::Complete, manifest.matrix.seed);
     results::write_json(&args.out, results::SUMMARY, &summary)?;
+    if let Some(record) = &callgrind {
+        results::write_json(&args.out, results::CALLGRIND, record)?;
+    }
     results::write_json(&args.out, results::MANIFEST, &manifest)?;
     let n = manifest.shards.first().map_or(1, |s| s.n) as usize;
     if manifest.shards.len() < n {

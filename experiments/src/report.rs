@@ -56,6 +56,9 @@ pub struct ReportArgs {
     /// exit 1 naming every file that differs.
     #[arg(long)]
     check: bool,
+    /// A run folder: its callgrind.json adds instructions-per-op.md and .tex.
+    #[arg(long, value_name = "DIR")]
+    run: Option<PathBuf>,
 }
 
 /// Why a report could not be made.
@@ -241,13 +244,23 @@ pub fn run(args: &ReportArgs) -> ExitCode {
         .workers
         .clone()
         .unwrap_or_else(|| root.join("target/policy-builds/bin"));
-    let made = match pieces(&workers, !args.no_build) {
+    // The run's exact instruction counts (crate::report_callgrind), read first: bad input.
+    let from_run = match args.run.as_deref().map(crate::report_callgrind::from_run) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            eprintln!("shadowlab report: error: {e}");
+            return ExitCode::from(2);
+        }
+        None => Vec::new(),
+    };
+    let mut made = match pieces(&workers, !args.no_build) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("shadowlab report: error: {e}");
             return ExitCode::FAILURE;
         }
     };
+    made.extend(from_run);
     if args.check {
         let differ = stale(&out, &made);
         if differ.is_empty() {

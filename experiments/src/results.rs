@@ -23,6 +23,9 @@ pub const MANIFEST: &str = "manifest.json";
 pub const SAMPLES: &str = "samples.csv";
 /// The summary's file name.
 pub const SUMMARY: &str = "summary.json";
+/// The instruction counts' file name (absent: `--no-callgrind`, a shard other than 1, or a
+/// run made before the counts existed).
+pub const CALLGRIND: &str = shadowlab_experiments::callgrind_record::FILE;
 
 /// How far a run got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -453,6 +456,29 @@ pub fn read_samples(dir: &Path) -> Result<Vec<Sample>, DriverError> {
         out.push(Sample { key, counters });
     }
     Ok(out)
+}
+
+/// The instruction counts of the run folder `dir` (none: it has no `callgrind.json`).
+pub fn read_callgrind(
+    dir: &Path,
+) -> Result<Option<shadowlab_experiments::callgrind_record::CallgrindRecord>, DriverError> {
+    let path = dir.join(CALLGRIND);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(DriverError::BadResults {
+                path: dir.to_path_buf(),
+                why: format!("{CALLGRIND}: {e}"),
+            })
+        }
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| DriverError::BadResults {
+            path: dir.to_path_buf(),
+            why: format!("{CALLGRIND}: {e}"),
+        })
 }
 
 /// A results folder read back: its manifest and samples.

@@ -14,7 +14,9 @@ use shadowlab_schema::{Backend, WorkerResult, SCHEMA_VERSION};
 
 use crate::build::{self, BinaryRecord};
 use crate::error::DriverError;
-use crate::matrix::{Group, MatrixSpec, Preset, Shard, BASELINE, UNSOUND};
+use crate::matrix::{
+    binary_policy, cross_layout_pad, Group, MatrixSpec, Preset, Shard, BASELINE, UNSOUND, XL_ARM,
+};
 use crate::progress::Progress;
 use crate::results::{self, HostRecord, Manifest, Sample, Status, RESULTS_VERSION};
 
@@ -64,9 +66,13 @@ pub struct RunArgs {
     /// Seconds before a worker run is killed and recorded as an error.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
-    /// Use this binary for a policy instead of building it: POLICY=PATH (repeatable).
+    /// Use this binary for a policy instead of building it: POLICY=PATH (repeatable); also
+    /// rmb-fence-xl=PATH for the cross-layout arm (its pad is what its --version says).
     #[arg(long)]
     worker: Vec<String>,
+    /// Do not count instructions under callgrind (the pass that writes callgrind.json).
+    #[arg(long)]
+    no_callgrind: bool,
     /// The source tree to build the workers from.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/.."))]
     source: PathBuf,
@@ -227,6 +233,7 @@ fn spec_of(
             reps,
             seed: args.seed,
             pin: !args.no_pin,
+            cross_layout: true,
         },
     ))
 }
@@ -278,14 +285,41 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
     let groups = spec.groups_of(args.shard);
     let cells = spec.cells(&groups);
     let mut progress = Progress::new(u64::from(spec.reps) * cells.len() as u64);
+    // The callgrind pass: in shard 1 (or unsharded), when the matrix has a sim workload.
+    let callgrind = !args.no_callgrind
+        && crate::callgrind_pass::counts_here(args.shard)
+        && !crate::callgrind_pass::workloads(&spec).is_empty();
+    let mut needed: std::collections::BTreeSet<String> =
+        cells.iter().map(|c| c.binary().to_string()).collect();
+    if callgrind {
+        needed.extend(crate::callgrind_pass::binaries_needed(&spec));
+    }
+    // Keyed by build: each policy's own, and XL_ARM for the baseline with another layout.
     let mut binaries: BTreeMap<String, BinaryRecord> = BTreeMap::new();
-    let needed: std::collections::BTreeSet<&str> = cells.iter().map(|c| c.policy()).collect();
-    for p in &needed {
-        let rec = match overrides.get(*p) {
-            Some(path) => build::checked(p, path, false)?,
-            None => build::worker_binary(&root, &source, p, &mut |m| progress.note(m))?,
+    for b in &needed {
+        let policy = binary_policy(b);
+        let pad = if b == XL_ARM {
+            cross_layout_pad(spec.seed)
+        } else {
+            0
         };
-        binaries.insert(p.to_string(), rec);
+        let mut rec = match overrides.get(b.as_str()) {
+            Some(path) => build::checked(policy, path, false)?,
+            None => build::worker_binary(&root, &source, policy, pad, &mut |m| progress.note(m))?,
+        };
+        if b == XL_ARM {
+            rec.arm = Some(XL_ARM.into());
+        }
+        binaries.insert(b.clone(), rec);
+    }
+    if let (Some(xl), Some(base)) = (binaries.get(XL_ARM), binaries.get(BASELINE)) {
+        if xl.layout_pad == base.layout_pad {
+            progress.note(&format!(
+                "note: the {XL_ARM} binary has the layout pad of {BASELINE} ({} bytes): its \
+                 floor is a second same-layout floor, not a cross-layout one",
+                xl.layout_pad
+            ));
+        }
     }
     let perf = &host.perf;
     let (mut avail, mut unavail) = (Vec::new(), Vec::new());
@@ -343,7 +377,7 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
                 status = Status::Interrupted;
                 break 'blocks;
             }
-            let bin = &binaries[cell.policy()];
+            let bin = &binaries[cell.binary()];
             let mut cmd = Command::new(&bin.path);
             cmd.args([
                 "--backend",
@@ -387,6 +421,15 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
             samples.extend(rows);
             results::write_atomic(&dir, results::SAMPLES, &results::samples_csv(&samples)?)?;
         }
+    }
+    if callgrind && status == Status::Complete {
+        let record = crate::callgrind_pass::count_all(&spec, &binaries, &interrupted, &mut |m| {
+            progress.note(m)
+        });
+        if interrupted.load(Ordering::SeqCst) {
+            status = Status::Interrupted;
+        }
+        results::write_json(&dir, results::CALLGRIND, &record)?;
     }
     progress.finish();
     let summary = crate::summary::summarise(&samples, status, spec.seed);

@@ -1,16 +1,17 @@
 //! `summary.json`: per cell, the median per-op time over blocks with its 95% bootstrap
-//! interval; each policy's ratio to `rmb-fence`, paired by block; the A/A floor of the group;
-//! and the resolved/bounded label. All from `shadowlab-stats`.
+//! interval; each policy's ratio to `rmb-fence`, paired by block; the A/A floors of the group
+//! (same binary: `rmb-fence-aa`; cross-layout: `rmb-fence-xl`) and the larger of the two, which
+//! the labels use; and the resolved/bounded label. All from `shadowlab-stats`.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use shadowlab_schema::Backend;
 use shadowlab_stats::{
-    aa_floor, median_ci, paired_ratio, BootstrapConfig, Estimate, Label, NoiseFloor,
+    aa_floor, median_ci, paired_ratio, BootstrapConfig, Estimate, Floor, Label, NoiseFloor,
 };
 
-use crate::matrix::{Cell, Group, AA_ARM, BASELINE, NATIVE_ARM};
+use crate::matrix::{Cell, Group, AA_ARM, BASELINE, NATIVE_ARM, XL_ARM};
 use crate::results::{Outcome, Sample, Status, RESULTS_VERSION};
 
 /// The per-block value of every cell: the mean over the vCPUs' per-op means, of the blocks
@@ -77,8 +78,16 @@ pub struct GroupSummary {
     pub vcpus: u32,
     /// The unit of the medians (`ns`, or `tsc` ticks in a guest).
     pub unit: String,
-    /// The A/A floor: `rmb-fence-aa` against `rmb-fence`, paired by block.
+    /// The same-binary A/A floor: `rmb-fence-aa` against `rmb-fence`, paired by block.
     pub aa_floor: Option<NoiseFloor>,
+    /// The cross-layout A/A floor: `rmb-fence-xl` (the baseline built with another code
+    /// layout) against `rmb-fence`, paired by block (none: a run without that arm).
+    #[serde(default)]
+    pub cross_layout_floor: Option<NoiseFloor>,
+    /// The floor the labels use: the larger of the two ([`Floor`]), a fraction (none: no
+    /// same-binary floor).
+    #[serde(default)]
+    pub floor: Option<f64>,
     /// The cells.
     pub cells: Vec<CellSummary>,
 }
@@ -129,12 +138,14 @@ pub fn summarise(samples: &[Sample], status: Status, seed: u64) -> Summary {
                 arm: name.into(),
             };
             let base = vals(&arm(BASELINE));
-            let floor = {
-                let (a, b) = paired(base, vals(&arm(AA_ARM)));
+            let floor_of = |control: &str| {
+                let (a, b) = paired(base, vals(&arm(control)));
                 (a.len() >= MIN_BLOCKS)
                     .then(|| aa_floor(&a, &b, &cfg).ok())
                     .flatten()
             };
+            let (same_binary, cross_layout) = (floor_of(AA_ARM), floor_of(XL_ARM));
+            let floor = same_binary.map(|s| Floor::new(s, cross_layout));
             let cells = cells
                 .iter()
                 .map(|c| {
@@ -189,7 +200,9 @@ pub fn summarise(samples: &[Sample], status: Status, seed: u64) -> Summary {
                 backend: g.backend,
                 workload: g.workload,
                 vcpus: g.vcpus,
-                aa_floor: floor,
+                aa_floor: same_binary,
+                cross_layout_floor: cross_layout,
+                floor: floor.map(|f| f.floor),
                 cells,
             }
         })
@@ -222,9 +235,15 @@ pub fn table(s: &Summary) -> String {
             });
             let label = match (&c.label, c.arm.as_str()) {
                 (Some(l), _) => l.to_string(),
-                (None, BASELINE) => match &g.aa_floor {
-                    Some(f) => format!("baseline; A/A floor {:.1}%", 100.0 * f.floor),
-                    None => "baseline".into(),
+                (None, BASELINE) => match (g.floor, &g.aa_floor, &g.cross_layout_floor) {
+                    (Some(f), Some(s), Some(x)) => format!(
+                        "baseline; A/A floor {:.1}% (same binary {:.1}%, cross-layout {:.1}%)",
+                        100.0 * f,
+                        100.0 * s.floor,
+                        100.0 * x.floor
+                    ),
+                    (Some(f), _, _) => format!("baseline; A/A floor {:.1}%", 100.0 * f),
+                    _ => "baseline".into(),
                 },
                 (None, NATIVE_ARM) => "host reference".into(),
                 (None, _) => c.note.clone().unwrap_or_default(),
@@ -244,4 +263,124 @@ pub fn table(s: &Summary) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::SampleKey;
+
+    /// One passing sample of `arm` in block `block` on sim cr3-switch at 1 vCPU.
+    fn sample(arm: &str, block: u32, per_op: f64) -> Sample {
+        Sample {
+            key: SampleKey {
+                block,
+                seq: 0,
+                arm: arm.into(),
+                policy: crate::matrix::binary_policy(arm).into(),
+                backend: Backend::Sim,
+                workload: "cr3-switch".into(),
+                vcpus: 1,
+                vcpu: Some(0),
+                outcome: Outcome::Pass,
+                reason: String::new(),
+                per_op: Some(per_op),
+                unit: "ns".into(),
+            },
+            counters: BTreeMap::new(),
+        }
+    }
+
+    /// 12 blocks of a drifting machine: the same-binary A/A within ±0.4%, the cross-layout arm
+    /// 6% slower (a layout effect), and a policy 4% slower.
+    fn samples(with_xl: bool) -> Vec<Sample> {
+        let mut out = Vec::new();
+        for b in 0..12u32 {
+            let base = 200.0 * (1.0 + 0.3 * f64::from(b % 5) / 5.0);
+            let wiggle = 1.0 + 0.004 * (f64::from(b % 3) - 1.0);
+            out.push(sample(BASELINE, b, base));
+            out.push(sample(AA_ARM, b, base * wiggle));
+            out.push(sample("seqcst-fence", b, base * 1.04 / wiggle));
+            if with_xl {
+                out.push(sample(XL_ARM, b, base * 1.06 * wiggle));
+            }
+        }
+        out
+    }
+
+    fn group(s: &Summary) -> &GroupSummary {
+        assert_eq!(s.groups.len(), 1);
+        &s.groups[0]
+    }
+
+    fn label_of<'a>(g: &'a GroupSummary, arm: &str) -> &'a Label {
+        let c = g.cells.iter().find(|c| c.arm == arm).unwrap();
+        c.label
+            .as_ref()
+            .unwrap_or_else(|| panic!("{arm}: {:?}", c.note))
+    }
+
+    #[test]
+    fn labels_use_the_larger_of_the_same_binary_and_cross_layout_floors() {
+        let s = summarise(&samples(true), Status::Complete, 1);
+        let g = group(&s);
+        let same = g.aa_floor.expect("same-binary floor");
+        let cross = g.cross_layout_floor.expect("cross-layout floor");
+        assert!(same.floor < 0.01, "{same:?}");
+        assert!(cross.floor > 0.05, "{cross:?}");
+        assert_eq!(g.floor, Some(cross.floor));
+        // 4% is beyond the same-binary floor but within the cross-layout one: bounded.
+        assert!(!label_of(g, "seqcst-fence").is_resolved());
+        assert!(!label_of(g, XL_ARM).is_resolved());
+        let table = table(&s);
+        assert!(table.contains("same binary"), "{table}");
+        assert!(table.contains("cross-layout"), "{table}");
+    }
+
+    #[test]
+    fn a_run_without_the_cross_layout_arm_summarises_with_the_same_binary_floor() {
+        let s = summarise(&samples(false), Status::Complete, 1);
+        let g = group(&s);
+        assert!(g.cross_layout_floor.is_none());
+        assert_eq!(g.floor, g.aa_floor.map(|f| f.floor));
+        assert!(label_of(g, "seqcst-fence").is_resolved());
+        // And a summary.json written before the fields existed still reads.
+        let mut json = serde_json::to_value(&s).unwrap();
+        let g0 = json["groups"][0].as_object_mut().unwrap();
+        g0.remove("cross_layout_floor");
+        g0.remove("floor");
+        let old: Summary = serde_json::from_value(json).unwrap();
+        assert_eq!(old.groups[0].floor, None);
+    }
+
+    #[test]
+    fn every_committed_run_loads_and_summarises() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench-results");
+        let mut n = 0;
+        for dir in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let dir = dir.path();
+            if !dir.join(crate::results::MANIFEST).exists() {
+                continue;
+            }
+            let run = crate::results::load(&dir, false)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            let s = summarise(&run.samples, run.manifest.status, run.manifest.matrix.seed);
+            for g in &s.groups {
+                let has_xl = run.samples.iter().any(|x| {
+                    x.key.arm == XL_ARM
+                        && x.key.workload == g.workload
+                        && x.key.backend == g.backend
+                        && x.key.vcpus == g.vcpus
+                });
+                if !has_xl {
+                    assert!(g.cross_layout_floor.is_none(), "{}", dir.display());
+                }
+                if let (Some(f), Some(same)) = (g.floor, g.aa_floor) {
+                    assert!(f >= same.floor);
+                }
+            }
+            n += 1;
+        }
+        assert!(n > 0, "no committed run under {}", root.display());
+    }
 }

@@ -43,11 +43,29 @@ pub fn build_worker(
     target_dir: &Path,
     policy: &str,
 ) -> Result<PathBuf, BuildWorkerError> {
+    build_worker_with_layout(workspace, target_dir, policy, 0)
+}
+
+/// [`build_worker`] with `layout_pad` bytes of padding ahead of the MMU's code
+/// (`SHADOWLAB_LAYOUT_PAD`; 0: the default layout). Build each layout in a target directory of
+/// its own: the framework's build script reruns when the pad changes, so two layouts sharing one
+/// would rebuild each other in turn.
+pub fn build_worker_with_layout(
+    workspace: &Path,
+    target_dir: &Path,
+    policy: &str,
+    layout_pad: u64,
+) -> Result<PathBuf, BuildWorkerError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace)
-        .env("CARGO_TARGET_DIR", target_dir)
-        .env_remove("SHADOWLAB_LAYOUT_PAD")
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .env("CARGO_TARGET_DIR", target_dir);
+    if layout_pad == 0 {
+        cmd.env_remove("SHADOWLAB_LAYOUT_PAD");
+    } else {
+        cmd.env("SHADOWLAB_LAYOUT_PAD", layout_pad.to_string());
+    }
+    let status = cmd
         .args([
             "build",
             "--release",

@@ -21,9 +21,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use shadowlab_experiments::callgrind::{self, CallgrindError, InstructionCount};
+use shadowlab_experiments::callgrind_record;
 use shadowlab_experiments::worker_build;
 
-const ITERS: &str = "3000";
+/// The iterations `shadowlab run` counts cr3-switch with (callgrind.json), so that the relations
+/// asserted here are about the run the report shows.
+fn iters() -> String {
+    callgrind_record::iters_of("cr3-switch")
+        .expect("cr3-switch has counted iterations")
+        .to_string()
+}
 const SEED: &str = "7";
 
 fn workspace() -> PathBuf {
@@ -54,6 +61,7 @@ fn policy_worker(policy: &str) -> PathBuf {
 
 fn count(policy: &str, out_dir: &Path) -> InstructionCount {
     let worker = policy_worker(policy);
+    let iters = iters();
     let args = [
         "--backend",
         "sim",
@@ -64,7 +72,7 @@ fn count(policy: &str, out_dir: &Path) -> InstructionCount {
         "--seed",
         SEED,
         "--iters",
-        ITERS,
+        &iters,
         "--ram-mib",
         "16",
         "--allow-unsound",
@@ -100,7 +108,7 @@ fn instructions_per_op_per_policy_on_sim_cr3_switch() {
     let lock = count("always-lock", &out);
     let _ = std::fs::remove_dir_all(&out);
 
-    let expected_ops: u64 = ITERS.parse().unwrap();
+    let expected_ops: u64 = iters().parse().unwrap();
     let checks = rmb.sync_roots.expect("sim has our MMU's counters");
     for c in [&rmb, &acq, &nob, &seq, &lock] {
         // The same deterministic run in every build: the same ops, the same calls.

@@ -1,5 +1,7 @@
 //! `shadowlab run`, `merge`, `compare` and `list` end to end, on tiny sim-only matrices with
-//! the default-feature worker (rmb-fence) given with `--worker`, so that no policy is built.
+//! the default-feature worker (rmb-fence) given with `--worker`, for the policy and for the
+//! cross-layout arm, so that nothing is built. (That worker has the default layout, so here the
+//! cross-layout arm is a second same-layout arm: the driver says so, and records pad 0.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -10,14 +12,27 @@ fn shadowlab() -> Command {
 }
 
 /// The rmb-fence worker cargo built beside the driver.
-fn worker() -> String {
+fn vmm() -> PathBuf {
     let w = Path::new(env!("CARGO_BIN_EXE_shadowlab")).with_file_name("shadowlab-vmm");
     assert!(w.exists(), "build the worker first: cargo build --release");
-    format!("rmb-fence={}", w.display())
+    w
 }
 
-/// A tiny matrix: rmb-fence and its A/A arm, sim, `workloads` at 1 vCPU, `reps` blocks.
+/// `--worker` for `arm`: the worker beside the driver.
+fn worker(arm: &str) -> String {
+    format!("{arm}={}", vmm().display())
+}
+
+/// A tiny matrix: rmb-fence and its A/A arms, sim, `workloads` at 1 vCPU, `reps` blocks,
+/// without the callgrind pass.
 fn tiny(out: &Path, workloads: &str, reps: &str, extra: &[&str]) -> Command {
+    let mut c = tiny_counted(out, workloads, reps, extra);
+    c.arg("--no-callgrind");
+    c
+}
+
+/// [`tiny`] with the callgrind pass.
+fn tiny_counted(out: &Path, workloads: &str, reps: &str, extra: &[&str]) -> Command {
     let mut c = shadowlab();
     c.args([
         "run",
@@ -36,7 +51,9 @@ fn tiny(out: &Path, workloads: &str, reps: &str, extra: &[&str]) -> Command {
         "--iters",
         "30",
         "--worker",
-        &worker(),
+        &worker("rmb-fence"),
+        "--worker",
+        &worker("rmb-fence-xl"),
         "--out",
     ])
     .arg(out)
@@ -82,13 +99,32 @@ fn a_tiny_run_writes_manifest_samples_and_summary() {
     let m = manifest(&out);
     assert_eq!(m["status"], "complete");
     assert_eq!(m["matrix"]["reps"], 3);
-    let bin = &m["hosts"][0]["binaries"][0];
-    assert_eq!(bin["policy"], "rmb-fence");
-    assert_eq!(bin["sha256"].as_str().unwrap().len(), 64);
+    let bins = m["hosts"][0]["binaries"].as_array().unwrap();
+    assert_eq!(bins.len(), 2, "rmb-fence and the cross-layout build");
+    for bin in bins {
+        assert_eq!(bin["policy"], "rmb-fence");
+        assert_eq!(bin["sha256"].as_str().unwrap().len(), 64);
+        assert_eq!(
+            bin["layout_pad"], 0,
+            "the worker beside the driver has no pad"
+        );
+    }
+    assert_eq!(
+        bins.iter().filter(|b| b["arm"] == "rmb-fence-xl").count(),
+        1,
+        "{bins:?}"
+    );
+    assert_eq!(m["matrix"]["cross_layout"], true);
+    assert!(
+        text(&o).contains("second same-layout floor"),
+        "a cross-layout arm of the same layout is named: {}",
+        text(&o)
+    );
+    assert!(!out.join("callgrind.json").exists(), "--no-callgrind");
     assert_eq!(m["source"]["commit"].as_str().unwrap().len(), 40);
     assert!(m["hosts"][0]["host"]["kernel"].is_string());
-    // 2 workloads × 2 arms (rmb-fence, rmb-fence-aa) × 3 blocks, one vCPU each.
-    assert_eq!(cells(&out).len(), 12);
+    // 2 workloads × 3 arms (rmb-fence, rmb-fence-aa, rmb-fence-xl) × 3 blocks, one vCPU each.
+    assert_eq!(cells(&out).len(), 18);
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["groups"].as_array().unwrap().len(), 2);
@@ -96,6 +132,13 @@ fn a_tiny_run_writes_manifest_samples_and_summary() {
     assert_eq!(aa["arm"], "rmb-fence-aa");
     assert!(aa["ratio"]["ci"]["lo"].is_number(), "{aa}");
     assert!(aa["label"]["label"].is_string(), "{aa}");
+    assert_eq!(s["groups"][0]["cells"][2]["arm"], "rmb-fence-xl");
+    let g = &s["groups"][0];
+    let (same, cross) = (
+        g["aa_floor"]["floor"].as_f64().unwrap(),
+        g["cross_layout_floor"]["floor"].as_f64().unwrap(),
+    );
+    assert_eq!(g["floor"].as_f64().unwrap(), same.max(cross), "{g}");
     // A run folder is never overwritten.
     let again = tiny(&out, "cr3-switch", "1", &[]).output().unwrap();
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
@@ -165,8 +208,8 @@ fn three_shards_merged_cover_exactly_the_unsharded_run() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(stdout.matches(" 1.000 [").count(), 8, "{stdout}");
-    assert_eq!(stdout.matches("bounded").count(), 8, "{stdout}");
+    assert_eq!(stdout.matches(" 1.000 [").count(), 12, "{stdout}");
+    assert_eq!(stdout.matches("bounded").count(), 12, "{stdout}");
 }
 
 #[test]
@@ -251,7 +294,7 @@ fn bad_input_is_a_one_line_error_and_writes_nothing() {
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
     // A worker of the wrong policy: the error, and no folder left behind.
-    let vmm = Path::new(env!("CARGO_BIN_EXE_shadowlab")).with_file_name("shadowlab-vmm");
+    let vmm = vmm();
     let mut c = shadowlab();
     c.args([
         "run",
@@ -309,6 +352,74 @@ fn bad_input_is_a_one_line_error_and_writes_nothing() {
     assert!(!tmp.path().join("m").exists());
 }
 
+/// The callgrind pass: shard 1 counts every sim workload of the whole matrix, the other shards
+/// none, and merge carries shard 1's record. Both arms run the same binary here, so their
+/// counts must be identical (a deterministic run).
+#[test]
+fn shard_one_counts_instructions_and_merge_carries_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wl = "cr3-switch,unsync-race";
+    let mut shards = Vec::new();
+    for k in 1..=2 {
+        let d = tmp.path().join(format!("shard{k}"));
+        let o = tiny_counted(&d, wl, "1", &["--shard", &format!("{k}/2")])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        if k == 1 {
+            assert!(text(&o).contains("callgrind") || text(&o).contains("instruction counts"));
+        }
+        shards.push(d);
+    }
+    assert!(
+        !shards[1].join("callgrind.json").exists(),
+        "only shard 1 counts"
+    );
+    let record = std::fs::read_to_string(shards[0].join("callgrind.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(r["backend"], "sim");
+    assert_eq!(r["vcpus"], 1);
+    match r["valgrind"]["status"].as_str().unwrap() {
+        "available" => {
+            let entries = r["entries"].as_array().unwrap();
+            // Both workloads of the matrix (shard 1 runs only cr3-switch), both builds.
+            assert_eq!(entries.len(), 4, "{record}");
+            for w in ["cr3-switch", "unsync-race"] {
+                let of = |arm: &str| {
+                    entries
+                        .iter()
+                        .find(|e| e["workload"] == w && e["arm"] == arm)
+                        .unwrap_or_else(|| panic!("{w} {arm}: {record}"))
+                };
+                let (a, b) = (of("rmb-fence"), of("rmb-fence-xl"));
+                assert_eq!(a["outcome"], "counted", "{record}");
+                assert!(a["instructions"].as_u64().unwrap() > 0);
+                assert_eq!(a["instructions"], b["instructions"], "{record}");
+                assert_eq!(a["ops"], a["iters"], "{record}");
+                assert_eq!(a["seed"], 1);
+            }
+        }
+        "not-available" => {
+            eprintln!("valgrind not available: the record says so");
+            assert!(r["valgrind"]["reason"].is_string());
+        }
+        other => panic!("valgrind status {other}"),
+    }
+    let merged = tmp.path().join("merged");
+    let o = shadowlab()
+        .arg("merge")
+        .args(&shards)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let carried: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("callgrind.json")).unwrap())
+            .unwrap();
+    assert_eq!(carried, r);
+}
+
 #[test]
 fn list_names_every_preset_and_the_unsound_flag() {
     let o = shadowlab().arg("list").output().unwrap();
@@ -321,6 +432,8 @@ fn list_names_every_preset_and_the_unsound_flag() {
         "no-barrier",
         "--with-unsound-control",
         "native",
+        "rmb-fence-aa",
+        "rmb-fence-xl",
     ] {
         assert!(s.contains(w), "{w}: {s}");
     }
