@@ -320,10 +320,14 @@ pub fn latex(input: &RunInput) -> String {
         "r".repeat(counted.len() + 1)
     );
     s.push_str("\\toprule\n");
-    let heads: Vec<String> = counted
-        .iter()
-        .map(|n| format!("{} / op", tex(&counter_name(n))))
-        .collect();
+    let heads: Vec<String> = counted.iter().map(|n| tex(&counter_name(n))).collect();
+    if !counted.is_empty() {
+        let _ = writeln!(
+            s,
+            " & & & \\multicolumn{{{}}}{{c}}{{per op}} \\\\",
+            counted.len()
+        );
+    }
     let _ = writeln!(s, "group & arm & ops & {} \\\\", heads.join(" & "));
     s.push_str("\\midrule\n");
     for (g, c) in &all {

@@ -112,6 +112,7 @@ pub fn strip(
     let mut chart = ChartBuilder::on(area)
         .caption(title, font(15.0))
         .margin(6)
+        .margin_right(24)
         .x_label_area_size(38)
         .y_label_area_size(104)
         .build_cartesian_2d(x0..x1, -0.6..(n as f64 - 0.4))?;
@@ -217,6 +218,7 @@ pub fn lines(
     let mut chart = ChartBuilder::on(area)
         .caption(title, font(15.0))
         .margin(6)
+        .margin_right(24)
         .x_label_area_size(38)
         .y_label_area_size(70)
         .build_cartesian_2d(xmin - xpad..xmax + xpad, ylo..yhi)?;

@@ -42,8 +42,12 @@ fn label_of(g: &GroupSummary, c: &CellSummary, latex: bool) -> String {
     }
 }
 
-/// The floors of `g` in words: `A/A floor ±4.6% (same binary); ±6.1% (cross-layout)`.
+/// The floors of `g` in words: `A/A floor ±4.6% (same binary); ±6.1% (cross-layout)`; for a
+/// group without policies (`native`), that it is the host reference.
 pub fn floors(g: &GroupSummary) -> String {
+    if !g.cells.iter().any(|c| c.arm == BASELINE) {
+        return "the host's reference, no policy arms".into();
+    }
     let mut s = format!(
         "A/A floor {} (same binary)",
         fmt::floor(g.aa_floor.as_ref())
