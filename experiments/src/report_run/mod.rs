@@ -66,7 +66,13 @@ impl RunInput {
         for (i, dir) in dirs.iter().enumerate() {
             let loaded = results::load(dir, true).map_err(|e| ReportError::BadRun {
                 path: dir.clone(),
-                why: e.to_string(),
+                why: match e {
+                    crate::error::DriverError::BadResults { why, .. } => why,
+                    crate::error::DriverError::Incomplete(_, status) => {
+                        format!("an incomplete run (status {status})")
+                    }
+                    other => other.to_string(),
+                },
             })?;
             let summary = read_summary(dir)?;
             if i == 0 {
