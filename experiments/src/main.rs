@@ -15,6 +15,7 @@ mod merge;
 mod progress;
 mod report;
 mod report_callgrind;
+mod report_run;
 mod results;
 mod run;
 mod summary;
@@ -52,7 +53,9 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Write the paper's generated tables and figures (default: into paper/generated/): the
     /// verdict matrix, and what each policy's lockless check compiles to, decoded from the
-    /// policy builds of shadowlab-vmm.
+    /// policy builds of shadowlab-vmm; and, from run folders (default: those named in the
+    /// output folder's SOURCE), cost per policy, scaling, lock waits, ours against native, the
+    /// perf-stat-like report per cell, and the README's results section.
     Report(report::ReportArgs),
 }
 

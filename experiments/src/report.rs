@@ -1,20 +1,23 @@
 //! `shadowlab report`: writes the paper's generated tables and figures into one folder
 //! (default `paper/generated/`).
 //!
-//! Today it makes the pieces that need no benchmark run:
+//! It makes the pieces that need no benchmark run:
 //! - `verdict-matrix.svg`, `verdict-matrix.tex`: the loom verdict matrix ([`crate::matrix_figure`]);
 //! - `compiles-to.md`, `compiles-to.tex`: the lockless check's fast path decoded from each
-//!   policy build of `shadowlab-vmm` ([`crate::disasm`]).
+//!   policy build of `shadowlab-vmm` ([`crate::disasm`]);
 //!
-//! **Adding run-based pieces.** Every piece is a [`Piece`] (a file name and its bytes) made by
-//! a function of its inputs; [`pieces`] gathers them and [`write_all`] writes them atomically
-//! (temporary file, then rename). A results folder (`bench-results/<run-id>/` with
-//! `manifest.json`, `samples.csv`, `summary.json`) becomes one more input: parse it once,
-//! then add one function per table or figure (cost per policy with its intervals and the A/A
-//! floor, scaling with vCPUs on sim, always-lock's lock-wait share, ours against native per
-//! workload, the perf-stat-like per-cell report), each returning its `Piece`s, and a
-//! `ReportError` variant per new way to fail. The paper includes each run-based file under
-//! `\IfFileExists`, so it builds before any run exists.
+//! and, from the run folders given (`shadowlab report bench-results/<run-id>`), the run-based
+//! pieces of [`crate::report_run`]: cost per policy, scaling with vCPUs on sim, the MMU lock
+//! waits, ours against native, the perf-stat-like report per cell; and the README's results
+//! section (between `<!-- generated:results -->` and `<!-- /generated -->`).
+//!
+//! **Which run.** `report` writes `SOURCE` into the output folder, naming the run folders it
+//! used (relative to the workspace root). Without run folders on the command line, `report`
+//! and `report --check` use the ones `SOURCE` names, so `shadowlab report --check` (in
+//! `scripts/test`) checks every generated file, run-based ones included, against the
+//! committed `bench-results/`. Every piece is a [`Piece`] (a file name and its bytes);
+//! [`write_all`] writes them atomically (temporary file, then rename). The paper includes each
+//! run-based file under `\IfFileExists`, so it builds before any run exists.
 //!
 //! **Figures in LaTeX.** SVG is what is generated and committed; `paper/latexmkrc` converts each
 //! `generated/*.svg` to PDF with `rsvg-convert` (Debian `librsvg2-bin`) when the paper is built,
@@ -31,6 +34,7 @@ use shadowlab_policies::model::verdict_matrix;
 
 use crate::disasm::{self, DisasmError, PolicyListing};
 use crate::matrix_figure::{self, FigureError};
+use crate::report_run;
 
 /// The workspace root: where `paper/` and `target/` are (this crate is `<root>/experiments`).
 pub fn workspace_root() -> PathBuf {
@@ -43,6 +47,14 @@ pub fn workspace_root() -> PathBuf {
 /// Options of `shadowlab report`.
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
+    /// Run folders (`bench-results/<run-id>`) to make the run-based pieces from [default: the
+    /// ones named in the output folder's SOURCE file, if any].
+    #[arg(value_name = "RUN_DIR")]
+    runs: Vec<PathBuf>,
+    /// The README whose results section (between `<!-- generated:results -->` and
+    /// `<!-- /generated -->`) is rewritten from the runs [default: README.md at the root].
+    #[arg(long, value_name = "FILE")]
+    readme: Option<PathBuf>,
     /// Output folder (created if missing).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -56,14 +68,14 @@ pub struct ReportArgs {
     /// exit 1 naming every file that differs.
     #[arg(long)]
     check: bool,
-    /// A run folder: its callgrind.json adds instructions-per-op.md and .tex.
-    #[arg(long, value_name = "DIR")]
-    run: Option<PathBuf>,
 }
 
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// A run's `callgrind.json` could not be read.
+    #[error(transparent)]
+    Callgrind(#[from] crate::report_callgrind::CallgrindReportError),
     /// Drawing or tabulating the verdict matrix failed.
     #[error(transparent)]
     Figure(#[from] FigureError),
@@ -94,6 +106,38 @@ pub enum ReportError {
     /// Asking a worker for its policy failed.
     #[error(transparent)]
     Worker(#[from] crate::worker::WorkerError),
+    /// A run folder that cannot be read as a complete shadowlab run.
+    #[error("cannot report on {path}: {why}")]
+    BadRun {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// Two run folders hold the same group.
+    #[error("the group {group} is in both {first} and {second}; give each group once")]
+    DuplicateGroup {
+        /// The group.
+        group: String,
+        /// The first run holding it.
+        first: String,
+        /// The second.
+        second: String,
+    },
+    /// plotters' SVG backend failed on a run-based figure.
+    #[error("drawing {figure}: {source}")]
+    Draw {
+        /// The figure.
+        figure: &'static str,
+        /// What plotters said.
+        source: plotters::drawing::DrawingAreaErrorKind<std::io::Error>,
+    },
+    /// The README has no results section to rewrite.
+    #[error("{path} has no section between <!-- generated:results --> and <!-- /generated --> to write the results into")]
+    ReadmeMarkers {
+        /// The README.
+        path: PathBuf,
+    },
     /// A file or folder could not be written or read.
     #[error("cannot {what} {path}: {source}")]
     Io {
@@ -208,19 +252,29 @@ pub fn write_all(out: &Path, pieces: &[Piece]) -> Result<(), ReportError> {
         source,
     })?;
     for p in pieces {
-        let dest = out.join(p.name);
-        let tmp = out.join(format!(".{}.{}.tmp", p.name, std::process::id()));
-        std::fs::write(&tmp, &p.bytes).map_err(|source| ReportError::Io {
-            what: "write",
-            path: tmp.clone(),
-            source,
-        })?;
-        std::fs::rename(&tmp, &dest).map_err(|source| ReportError::Io {
-            what: "rename to",
-            path: dest,
-            source,
-        })?;
+        write_file(&out.join(p.name), &p.bytes)?;
     }
+    Ok(())
+}
+
+/// Writes `bytes` to `dest`: a temporary file beside it, then a rename.
+pub fn write_file(dest: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|source| ReportError::Io {
+        what: "write",
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, dest).map_err(|source| ReportError::Io {
+        what: "rename to",
+        path: dest.to_path_buf(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -231,6 +285,62 @@ pub fn stale(out: &Path, pieces: &[Piece]) -> Vec<&'static str> {
         .filter(|p| std::fs::read(out.join(p.name)).ok().as_deref() != Some(&p.bytes[..]))
         .map(|p| p.name)
         .collect()
+}
+
+/// The README after the run-based pieces: its path and the bytes it should hold.
+pub struct ReadmeUpdate {
+    /// The README.
+    pub path: PathBuf,
+    /// Its contents with the results section rewritten.
+    pub bytes: Vec<u8>,
+}
+
+/// The run-based pieces from `runs` (none given: those `out/SOURCE` names; none there: no
+/// pieces), and the README with its results section made from them.
+pub fn run_pieces(
+    root: &Path,
+    out: &Path,
+    runs: &[PathBuf],
+    readme: &Path,
+) -> Result<(Vec<Piece>, Option<ReadmeUpdate>), ReportError> {
+    let runs = if runs.is_empty() {
+        report_run::committed_sources(root, out)?
+    } else {
+        runs.to_vec()
+    };
+    if runs.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let input = report_run::RunInput::load(&runs)?;
+    let sources: Vec<String> = runs
+        .iter()
+        .map(|d| report_run::source_name(root, d))
+        .collect();
+    let mut pieces = report_run::pieces(&input, &sources)?;
+    // The exact instruction counts (callgrind.json), from the first run that has them.
+    for dir in &runs {
+        let counted = crate::report_callgrind::from_run(dir)?;
+        if !counted.is_empty() {
+            pieces.extend(counted);
+            break;
+        }
+    }
+    let text = std::fs::read_to_string(readme).map_err(|source| ReportError::Io {
+        what: "read",
+        path: readme.to_path_buf(),
+        source,
+    })?;
+    let readme_dir = readme.parent().unwrap_or(Path::new("."));
+    let body =
+        report_run::readme::section(&input, &sources, &report_run::readme::link(readme_dir, out));
+    let bytes = report_run::readme::splice(&text, &body, readme)?.into_bytes();
+    Ok((
+        pieces,
+        Some(ReadmeUpdate {
+            path: readme.to_path_buf(),
+            bytes,
+        }),
+    ))
 }
 
 /// Runs `shadowlab report`.
@@ -244,37 +354,46 @@ pub fn run(args: &ReportArgs) -> ExitCode {
         .workers
         .clone()
         .unwrap_or_else(|| root.join("target/policy-builds/bin"));
-    // The run's exact instruction counts (crate::report_callgrind), read first: bad input.
-    let from_run = match args.run.as_deref().map(crate::report_callgrind::from_run) {
-        Some(Ok(p)) => p,
-        Some(Err(e)) => {
-            eprintln!("shadowlab report: error: {e}");
-            return ExitCode::from(2);
-        }
-        None => Vec::new(),
-    };
-    let mut made = match pieces(&workers, !args.no_build) {
+    let readme = args
+        .readme
+        .clone()
+        .unwrap_or_else(|| root.join("README.md"));
+    let made = run_pieces(&root, &out, &args.runs, &readme).and_then(|(run, readme)| {
+        let mut all = pieces(&workers, !args.no_build)?;
+        all.extend(run);
+        Ok((all, readme))
+    });
+    let (made, readme) = match made {
         Ok(p) => p,
         Err(e) => {
             eprintln!("shadowlab report: error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    made.extend(from_run);
     if args.check {
-        let differ = stale(&out, &made);
+        let mut differ: Vec<PathBuf> = stale(&out, &made).iter().map(|n| out.join(n)).collect();
+        if let Some(r) = &readme {
+            if std::fs::read(&r.path).ok().as_deref() != Some(&r.bytes[..]) {
+                differ.push(r.path.clone());
+            }
+        }
         if differ.is_empty() {
             println!(
-                "shadowlab report --check: {} files in {} are what report makes",
+                "shadowlab report --check: {} files in {}{} are what report makes",
                 made.len(),
-                out.display()
+                out.display(),
+                if readme.is_some() {
+                    " and the README's results section"
+                } else {
+                    ""
+                }
             );
             return ExitCode::SUCCESS;
         }
-        for name in &differ {
+        for path in &differ {
             eprintln!(
                 "shadowlab report --check: {} differs from what report makes (rerun shadowlab report)",
-                out.join(name).display()
+                path.display()
             );
         }
         return ExitCode::FAILURE;
@@ -285,6 +404,13 @@ pub fn run(args: &ReportArgs) -> ExitCode {
     }
     for p in &made {
         println!("wrote {}", out.join(p.name).display());
+    }
+    if let Some(r) = readme {
+        if let Err(e) = write_file(&r.path, &r.bytes) {
+            eprintln!("shadowlab report: error: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!("wrote the results section of {}", r.path.display());
     }
     ExitCode::SUCCESS
 }
@@ -356,6 +482,10 @@ mod tests {
             .map(|p| p.name.to_string())
             .chain(BINARY_PIECE_NAMES.iter().map(|n| n.to_string()))
             .collect();
+        if out.join(report_run::SOURCE).exists() {
+            made.extend(report_run::RUN_PIECE_NAMES.iter().map(|n| n.to_string()));
+            made.push(report_run::SOURCE.to_string());
+        }
         made.sort();
         let mut present: Vec<String> = std::fs::read_dir(&out)
             .expect("paper/generated exists")
@@ -364,6 +494,73 @@ mod tests {
             .collect();
         present.sort();
         assert_eq!(present, made);
+    }
+
+    /// The run-based pieces in paper/generated/ and the README's results section are exactly
+    /// what report makes from the committed run that paper/generated/SOURCE names.
+    #[test]
+    fn committed_run_pieces_and_readme_are_what_report_makes() {
+        let root = workspace_root();
+        let out = root.join("paper/generated");
+        let readme = root.join("README.md");
+        let (made, update) = run_pieces(&root, &out, &[], &readme).unwrap();
+        let Some(update) = update else {
+            println!("SKIPPED: paper/generated/SOURCE names no committed run");
+            return;
+        };
+        for dir in report_run::committed_sources(&root, &out).unwrap() {
+            assert!(
+                dir.starts_with(root.join("bench-results")),
+                "{} is not a committed run under bench-results/",
+                dir.display()
+            );
+        }
+        let differ = stale(&out, &made);
+        assert!(
+            differ.is_empty(),
+            "stale in paper/generated: {differ:?} (run: cargo run --release --bin shadowlab -- report)"
+        );
+        assert!(
+            std::fs::read(&readme).unwrap() == update.bytes,
+            "README.md's results section is stale (run: cargo run --release --bin shadowlab -- report)"
+        );
+    }
+
+    /// A run-based piece or the README section edited by hand is named by the check.
+    #[test]
+    fn an_edited_run_piece_or_readme_section_is_caught() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let run = root.join("bench-results/20990101T000000Z-synthetic");
+        report_run::synthetic::write_run(&run, "20990101T000000Z-synthetic", false, true);
+        let out = root.join("paper/generated");
+        let readme = root.join("README.md");
+        std::fs::write(
+            &readme,
+            "# x\n<!-- generated:results -->\n<!-- /generated -->\nafter\n",
+        )
+        .unwrap();
+        let (made, update) = run_pieces(root, &out, std::slice::from_ref(&run), &readme).unwrap();
+        let update = update.unwrap();
+        let body = String::from_utf8(update.bytes.clone()).unwrap();
+        assert!(
+            body.contains("](paper/generated/cost-per-policy.svg)"),
+            "{body}"
+        );
+        assert!(body.ends_with("<!-- /generated -->\nafter\n"), "{body}");
+        write_all(&out, &made).unwrap();
+        write_file(&readme, &update.bytes).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("SOURCE")).unwrap(),
+            "bench-results/20990101T000000Z-synthetic\n"
+        );
+        // Without a run named, the one SOURCE names is used: the same pieces.
+        let (again, update2) = run_pieces(root, &out, &[], &readme).unwrap();
+        assert_eq!(again, made);
+        assert_eq!(update2.unwrap().bytes, update.bytes);
+        assert!(stale(&out, &made).is_empty());
+        std::fs::write(out.join("perf-stat.md"), b"edited by hand").unwrap();
+        assert_eq!(stale(&out, &made), vec!["perf-stat.md"]);
     }
 
     #[test]

@@ -96,3 +96,64 @@ fn an_unknown_option_is_exit_2() {
     assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_missing_run_folder_is_one_line_and_writes_nothing() {
+    let out = tmp("run-out");
+    let run = Command::new(env!("CARGO_BIN_EXE_shadowlab"))
+        .args(["report", "--no-build", "--out"])
+        .arg(&out)
+        .arg("/nonexistent/bench-results/run")
+        .output()
+        .expect("shadowlab runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "shadowlab report: error: cannot report on /nonexistent/bench-results/run: manifest.json:"
+        ),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing may be written");
+}
+
+/// A committed run folder (any under bench-results/), if there is one.
+fn committed_run() -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench-results");
+    let mut dirs: Vec<_> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("summary.json").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+}
+
+#[test]
+fn a_readme_without_the_results_markers_is_one_line() {
+    let Some(runs) = committed_run() else {
+        println!("SKIPPED: no committed run under bench-results/");
+        return;
+    };
+    let out = tmp("markers-out");
+    let readme = tmp("README.md");
+    std::fs::write(&readme, "# a README without the markers\n").unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_shadowlab"))
+        .args(["report", "--no-build", "--out"])
+        .arg(&out)
+        .arg("--readme")
+        .arg(&readme)
+        .arg(&runs)
+        .output()
+        .expect("shadowlab runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("has no section between <!-- generated:results -->"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing may be written");
+    std::fs::remove_file(&readme).unwrap();
+}
