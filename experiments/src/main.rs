@@ -3,6 +3,7 @@
 //! paper's generated tables and figures.
 
 mod build;
+mod claims;
 mod compare;
 mod disasm;
 mod error;
@@ -13,6 +14,7 @@ mod matrix_figure;
 mod merge;
 mod progress;
 mod report;
+mod reproduce;
 mod results;
 mod run;
 mod summary;
@@ -52,6 +54,11 @@ enum Command {
     /// verdict matrix, and what each policy's lockless check compiles to, decoded from the
     /// policy builds of shadowlab-vmm.
     Report(report::ReportArgs),
+    /// The artifact check: build every policy's worker, verify, run the matrix (the full
+    /// preset, or --quick) into target/reproduce/<run-id>, write its report, and compare the
+    /// paper's claims and every cell with the committed run; prints `reproduced` or each
+    /// difference (exit 1).
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,5 +98,6 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(&args),
         Command::Merge(args) => merge::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Reproduce(args) => reproduce::run(&args),
     }
 }

@@ -91,6 +91,9 @@ pub enum ReportError {
     /// Asking a worker for its policy failed.
     #[error(transparent)]
     Worker(#[from] crate::worker::WorkerError),
+    /// The claims could not be read or checked against a run.
+    #[error(transparent)]
+    Claims(#[from] crate::claims::ClaimsError),
     /// A file or folder could not be written or read.
     #[error("cannot {what} {path}: {source}")]
     Io {
@@ -195,6 +198,12 @@ pub fn pieces(workers: &Path, build: bool) -> Result<Vec<Piece>, ReportError> {
     all.extend(binary_pieces(&policy_listings(workers, build)?));
     // Run-based pieces go here (see the module doc).
     Ok(all)
+}
+
+/// The pieces made from the run in `run`: the claims checked against it and the tolerances
+/// ([`crate::claims::pieces`]).
+pub fn run_pieces(run: &Path) -> Result<Vec<Piece>, ReportError> {
+    Ok(crate::claims::pieces(run)?)
 }
 
 /// Writes each piece into `out` (created if missing): a temporary file, then a rename.
