@@ -310,7 +310,7 @@ pub fn check(set: &ClaimSet, committed: &Evidence, new: &Evidence, custom: bool)
     for ((claim, was), (_, now)) in old.iter().zip(claims::evaluate_all(set, new)) {
         if !was.same_kind(&now) {
             out.push(format!(
-                "claim {}: {} in the committed run ({}), {} now ({})",
+                "claim {}: {} in the committed run ({}); {} now ({})",
                 claim.id,
                 was.word(),
                 was.detail(),
