@@ -4,6 +4,7 @@
 
 mod build;
 mod callgrind_pass;
+mod claims;
 mod compare;
 mod disasm;
 mod error;
@@ -16,6 +17,7 @@ mod progress;
 mod report;
 mod report_callgrind;
 mod report_run;
+mod reproduce;
 mod results;
 mod run;
 mod summary;
@@ -57,6 +59,11 @@ enum Command {
     /// output folder's SOURCE), cost per policy, scaling, lock waits, ours against native, the
     /// perf-stat-like report per cell, and the README's results section.
     Report(report::ReportArgs),
+    /// The artifact check: build every policy's worker, verify, run the matrix (the full
+    /// preset, or --quick) into target/reproduce/<run-id>, write its report, and compare the
+    /// paper's claims and every cell with the committed run; prints `reproduced` or each
+    /// difference (exit 1).
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,5 +103,6 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(&args),
         Command::Merge(args) => merge::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Reproduce(args) => reproduce::run(&args),
     }
 }

@@ -138,6 +138,9 @@ pub enum ReportError {
         /// The README.
         path: PathBuf,
     },
+    /// The claims could not be read or checked against a run.
+    #[error(transparent)]
+    Claims(#[from] crate::claims::ClaimsError),
     /// A file or folder could not be written or read.
     #[error("cannot {what} {path}: {source}")]
     Io {
@@ -325,6 +328,9 @@ pub fn run_pieces(
             break;
         }
     }
+    // The paper's claims checked against the first run, and the tolerances
+    // ([`crate::claims::pieces`]).
+    pieces.extend(crate::claims::pieces(&runs[0])?);
     let text = std::fs::read_to_string(readme).map_err(|source| ReportError::Io {
         what: "read",
         path: readme.to_path_buf(),
@@ -483,10 +489,12 @@ mod tests {
             .chain(BINARY_PIECE_NAMES.iter().map(|n| n.to_string()))
             .collect();
         if out.join(report_run::SOURCE).exists() {
-            made.extend(report_run::RUN_PIECE_NAMES.iter().map(|n| n.to_string()));
-            made.push(report_run::SOURCE.to_string());
+            let root = workspace_root();
+            let (run, _) = run_pieces(&root, &out, &[], &root.join("README.md")).unwrap();
+            made.extend(run.iter().map(|p| p.name.to_string()));
         }
         made.sort();
+        made.dedup();
         let mut present: Vec<String> = std::fs::read_dir(&out)
             .expect("paper/generated exists")
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

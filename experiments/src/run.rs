@@ -25,63 +25,63 @@ use crate::results::{self, HostRecord, Manifest, Sample, Status, RESULTS_VERSION
 pub struct RunArgs {
     /// The `quick` preset (same as --preset quick).
     #[arg(long, conflicts_with = "preset")]
-    quick: bool,
+    pub(crate) quick: bool,
     /// A preset: quick, full (see `shadowlab list`).
     #[arg(long)]
-    preset: Option<String>,
+    pub(crate) preset: Option<String>,
     /// Policies, comma-separated (default: every sound one).
     #[arg(long, value_delimiter = ',')]
-    policies: Vec<String>,
+    pub(crate) policies: Vec<String>,
     /// Also run the UNSOUND no-barrier control.
     #[arg(long)]
-    with_unsound_control: bool,
+    pub(crate) with_unsound_control: bool,
     /// Backends, comma-separated (replaces the preset's).
     #[arg(long, value_delimiter = ',')]
-    backends: Vec<String>,
+    pub(crate) backends: Vec<String>,
     /// Workloads, comma-separated (replaces the preset's).
     #[arg(long, value_delimiter = ',')]
-    workloads: Vec<String>,
+    pub(crate) workloads: Vec<String>,
     /// vCPU counts, comma-separated (replaces the preset's).
     #[arg(long, value_delimiter = ',')]
-    vcpus: Vec<u32>,
+    pub(crate) vcpus: Vec<u32>,
     /// Blocks (repetitions of every cell).
     #[arg(long)]
-    reps: Option<u32>,
+    pub(crate) reps: Option<u32>,
     /// Iterations per worker run (0: each workload's default).
     #[arg(long)]
-    iters: Option<u64>,
+    pub(crate) iters: Option<u64>,
     /// Seed of the block order and the bootstrap.
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// The run folder (default: bench-results/<run-id>).
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// Run only the K-th of N deterministic slices of the matrix.
     #[arg(long)]
-    shard: Option<Shard>,
+    pub(crate) shard: Option<Shard>,
     /// Do not pin the workers' vCPU threads to host CPUs (pinning is the default: it takes
     /// scheduler migrations out of the noise floor).
     #[arg(long)]
-    no_pin: bool,
+    pub(crate) no_pin: bool,
     /// Seconds before a worker run is killed and recorded as an error.
     #[arg(long, default_value_t = 600)]
-    timeout: u64,
+    pub(crate) timeout: u64,
     /// Use this binary for a policy instead of building it: POLICY=PATH (repeatable); also
     /// rmb-fence-xl=PATH for the cross-layout arm (its pad is what its --version says).
     #[arg(long)]
-    worker: Vec<String>,
+    pub(crate) worker: Vec<String>,
     /// Do not count instructions under callgrind (the pass that writes callgrind.json).
     #[arg(long)]
-    no_callgrind: bool,
+    pub(crate) no_callgrind: bool,
     /// The source tree to build the workers from.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/.."))]
-    source: PathBuf,
+    pub(crate) source: PathBuf,
 }
 
 /// Runs `shadowlab run`.
 pub fn run(args: &RunArgs) -> ExitCode {
-    match run_inner(args) {
-        Ok(Status::Complete) => ExitCode::SUCCESS,
+    match execute(args, Path::new("bench-results")) {
+        Ok((Status::Complete, _)) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(130),
         Err(e) => {
             eprintln!("shadowlab run: error: {e}");
@@ -238,7 +238,22 @@ fn spec_of(
     ))
 }
 
-fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
+/// Checks what `args` name (the matrix, and that `--out` does not exist) without running
+/// anything: the errors `execute` would stop with before its first build.
+pub(crate) fn check_args(args: &RunArgs) -> Result<(), DriverError> {
+    spec_of(args, &shadowlab_host::detect())?;
+    match &args.out {
+        Some(o) if o.exists() => Err(DriverError::Exists(o.clone())),
+        _ => Ok(()),
+    }
+}
+
+/// Runs the matrix `args` names into `args.out`, or `default_parent/<run-id>`; returns how far
+/// it got and the run folder (`shadowlab run` and `shadowlab reproduce`).
+pub(crate) fn execute(
+    args: &RunArgs,
+    default_parent: &Path,
+) -> Result<(Status, PathBuf), DriverError> {
     let host = shadowlab_host::detect();
     let (preset, spec) = spec_of(args, &host)?;
     let mut overrides = BTreeMap::new();
@@ -268,7 +283,7 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
     let dir = args
         .out
         .clone()
-        .unwrap_or_else(|| Path::new("bench-results").join(&run_id));
+        .unwrap_or_else(|| default_parent.join(&run_id));
     // The folder first: an existing one or an unwritable parent fails before any build.
     results::create_run_dir(&dir)?;
     // Until the manifest is written, a failure (a build error, a worker of the wrong policy)
@@ -443,7 +458,7 @@ fn run_inner(args: &RunArgs) -> Result<Status, DriverError> {
     results::write_json(&dir, results::MANIFEST, &manifest)?;
     print!("{}", crate::summary::table(&summary));
     println!("{status}: {}", dir.display());
-    Ok(status)
+    Ok((status, dir))
 }
 
 /// Removes the folder it holds on drop, if the folder is still empty.

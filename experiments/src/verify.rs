@@ -38,16 +38,21 @@ pub fn run(args: &VerifyArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         for c in wrong {
-            eprintln!(
-                "shadowlab verify: error: {} under {}: expected {:?}, got {}",
-                c.policy.label(),
-                c.walker.name(),
-                c.expected,
-                c.verdict.cell()
-            );
+            eprintln!("shadowlab verify: error: {}", mismatch(c));
         }
         ExitCode::FAILURE
     }
+}
+
+/// One line for a cell whose verdict is not the expected one.
+pub fn mismatch(c: &Cell) -> String {
+    format!(
+        "{} under {}: expected {:?}, got {}",
+        c.policy.label(),
+        c.walker.name(),
+        c.expected,
+        c.verdict.cell()
+    )
 }
 
 fn print_matrix(out: &mut impl Write, cells: &[Cell], interleavings: bool) -> std::io::Result<()> {

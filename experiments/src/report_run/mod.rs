@@ -178,11 +178,20 @@ pub fn is_control(arm: &str) -> bool {
 /// The cross-layout floor of `g`, a fraction, when the group has the [`XL_ARM`]: how far the
 /// interval of its ratio to `rmb-fence` reaches from 1 (the same rule as the same-binary floor).
 pub fn xl_floor(g: &GroupSummary) -> Option<f64> {
+    if let Some(f) = &g.cross_layout_floor {
+        return Some(f.floor);
+    }
     g.cells
         .iter()
         .find(|c| c.arm == XL_ARM)
         .and_then(|c| c.ratio)
         .map(|r| (r.ci.lo - 1.0).abs().max((r.ci.hi - 1.0).abs()))
+}
+
+/// The floor the group's labels use: the larger of the same-binary and the cross-layout A/A
+/// floors (summary.json's `floor`; the same-binary one in runs written before it).
+pub fn label_floor(g: &GroupSummary) -> Option<f64> {
+    g.floor.or_else(|| g.aa_floor.as_ref().map(|f| f.floor))
 }
 
 /// The groups a policy comparison is made in (every backend but `native`).

@@ -157,6 +157,7 @@ pub fn write_run(dir: &Path, id: &str, xl: bool, task_clock_counted: bool) {
             reps: BLOCKS,
             seed: 1,
             pin: true,
+            cross_layout: false,
         },
         shards: vec![],
         hosts: vec![],

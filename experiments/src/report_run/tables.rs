@@ -54,6 +54,9 @@ pub fn floors(g: &GroupSummary) -> String {
     );
     if let Some(x) = xl_floor(g) {
         let _ = write!(s, "; ±{} (cross-layout)", fmt::pct(x));
+        if let Some(f) = super::label_floor(g) {
+            let _ = write!(s, "; labels use ±{}", fmt::pct(f));
+        }
     }
     s
 }
@@ -170,7 +173,7 @@ pub fn readme_markdown(input: &RunInput) -> String {
             g.backend.name(),
             g.workload,
             g.vcpus,
-            fmt::floor(g.aa_floor.as_ref())
+            super::label_floor(g).map_or("none".into(), |f| format!("±{}", fmt::pct(f)))
         );
         for a in &arms {
             let cell = g.cells.iter().find(|c| &c.arm == a);
