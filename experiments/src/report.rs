@@ -73,6 +73,9 @@ pub struct ReportArgs {
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// A run's `reproduce.json` could not be read.
+    #[error(transparent)]
+    Reproduce(#[from] crate::reproduce_record::RecordError),
     /// A run's `callgrind.json` could not be read.
     #[error(transparent)]
     Callgrind(#[from] crate::report_callgrind::CallgrindReportError),
@@ -328,6 +331,14 @@ pub fn run_pieces(
             break;
         }
     }
+    // How long reproduce took, where the first run was made by it (the committed run is).
+    let manifest = crate::results::load(&runs[0], false)
+        .map_err(|e| ReportError::BadRun {
+            path: runs[0].clone(),
+            why: e.to_string(),
+        })?
+        .manifest;
+    pieces.extend(crate::report_reproduce::from_run(&runs[0], &manifest)?);
     // The paper's claims checked against the first run, and the tolerances
     // ([`crate::claims::pieces`]).
     pieces.extend(crate::claims::pieces(&runs[0])?);

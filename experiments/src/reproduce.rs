@@ -18,11 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::claims::{self, ClaimSet, Evidence};
 use crate::error::DriverError;
 use crate::report::{self, ReportError};
+use crate::reproduce_record::{ReproduceRecord, StageTime};
 use crate::results::{self, Status};
 use crate::run::RunArgs;
 
@@ -101,28 +100,6 @@ impl ReproduceError {
     }
 }
 
-/// One stage's time.
-#[derive(Clone, Debug, Serialize)]
-struct StageTime {
-    /// build, verify, run, report, check.
-    stage: &'static str,
-    /// Seconds.
-    seconds: f64,
-}
-
-/// `<new run>/reproduce.json`.
-#[derive(Debug, Serialize)]
-struct ReproduceRecord {
-    /// The committed run compared with.
-    against: PathBuf,
-    /// Each stage's elapsed time.
-    stages: Vec<StageTime>,
-    /// `reproduced` or `differs`.
-    verdict: &'static str,
-    /// One line per difference.
-    differences: Vec<String>,
-}
-
 /// Times stages and prints each as it ends.
 struct Stages(Vec<StageTime>, Instant);
 
@@ -135,7 +112,10 @@ impl Stages {
     fn done(&mut self, stage: &'static str, what: &str) {
         let seconds = self.1.elapsed().as_secs_f64();
         println!("reproduce: {stage:<7} {:>8.1} s  {what}", seconds);
-        self.0.push(StageTime { stage, seconds });
+        self.0.push(StageTime {
+            stage: stage.into(),
+            seconds,
+        });
         self.1 = Instant::now();
     }
 }
@@ -289,11 +269,11 @@ fn inner(args: &ReproduceArgs) -> Result<ExitCode, ReproduceError> {
     };
     results::write_json(
         &dir,
-        "reproduce.json",
+        crate::reproduce_record::FILE,
         &ReproduceRecord {
             against: against.clone(),
             stages: stages.0.clone(),
-            verdict,
+            verdict: verdict.into(),
             differences: differences.clone(),
         },
     )?;
