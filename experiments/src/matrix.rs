@@ -261,16 +261,23 @@ pub struct Preset {
 /// interval more than a longer region does (with 5 blocks the bootstrap interval of the median
 /// is about the range of the 5 per-block ratios).
 ///
-/// Time, estimated from single-run timings (the whole presets were not run on the shared
-/// machine): a sim arm-block (every sim group once for one arm) of `quick` lasts ~2.5 s, so its
-/// 6 arms × 5 blocks ~75 s; its kvm and native rows ~200 s (kvm pt-churn, ~6 s a run, is most
-/// of it); callgrind ~20 s; the 5 builds of a new commit ~2.5 min: ~7 min, ~5 min cached.
-/// `full`: a sim arm-block ~10 s, × 6 arms × 12 blocks ~12 min; kvm and native ~5 min;
-/// callgrind ~1 min; builds ~2.5 min: ~20 min.
+/// # Blocks
+///
+/// Measured on the 2-core reference machine with nothing else running (issue 11's note): with
+/// these run lengths and 5 blocks the sim A/A floors (the larger of same-binary and
+/// cross-layout) were 3.7-15.6% at 1 vCPU in two runs; the same matrix with 10 blocks gave
+/// 3.2% (cr3-switch), 6.7% (pt-churn) and 3.4% (unsync-race), and resolved `always-lock` at
+/// 1 vCPU (1.07×) which 5 blocks could not. So `quick` runs 10 blocks: the 10-block matrix took
+/// 5 min 5 s (`shadowlab run --quick --reps 10 --no-callgrind`, builds cached), the 5-block one
+/// 2 min 49 s plus ~1 s of callgrind per arm and workload.
+///
+/// `full`, estimated from single-run timings (not yet run with these lengths): a sim arm-block
+/// ~10 s, × 6 arms × 12 blocks ~12 min; kvm and native ~5 min; callgrind ~1 min; builds ~2.5
+/// min: ~20 min.
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "quick",
-        about: "a first look, ~7 min on a 2-core machine with the builds, ~5 min cached",
+        about: "a first look, ~6 min on a 2-core machine with builds cached, more the first time",
         rows: &[
             // ~0.24 s at 1 vCPU (~240 ns an op), ~0.37 s at 2.
             PresetRow {
@@ -306,7 +313,7 @@ pub const PRESETS: &[Preset] = &[
                 iters: 2000,
             },
         ],
-        reps: 5,
+        reps: 10,
     },
     Preset {
         name: "full",

@@ -51,6 +51,9 @@ pub struct RunInput {
     pub samples: Vec<Sample>,
     /// The bootstrap settings of the first run (used for the intervals computed here).
     pub bootstrap: BootstrapConfig,
+    /// The exact instruction counts of the first run that has a `callgrind.json` (the
+    /// tables' exact column), if any.
+    pub instructions: Option<shadowlab_experiments::callgrind_record::CallgrindRecord>,
 }
 
 impl RunInput {
@@ -61,6 +64,7 @@ impl RunInput {
             groups: Vec::new(),
             samples: Vec::new(),
             bootstrap: BootstrapConfig::seeded(0),
+            instructions: None,
         };
         let mut seen: BTreeMap<(String, String, u32), String> = BTreeMap::new();
         for (i, dir) in dirs.iter().enumerate() {
@@ -90,10 +94,25 @@ impl RunInput {
                 }
                 input.groups.push(g);
             }
+            if input.instructions.is_none() {
+                input.instructions = read_instructions(dir)?;
+            }
             input.samples.extend(loaded.samples);
             input.run_ids.push(id);
         }
         Ok(input)
+    }
+
+    /// The exact instructions per op of `arm` in group `g`: counted on `sim` with 1 vCPU only
+    /// (the deterministic case), so none for any other group.
+    pub fn instructions_per_op(&self, g: &GroupSummary, arm: &str) -> Option<f64> {
+        if g.backend != shadowlab_schema::Backend::Sim || g.vcpus != 1 {
+            return None;
+        }
+        self.instructions
+            .as_ref()
+            .and_then(|r| r.entry(&g.workload, arm))
+            .and_then(|e| e.per_op())
     }
 
     /// The samples of one cell.
@@ -104,6 +123,26 @@ impl RunInput {
                 && s.key.workload == cell.group.workload
                 && s.key.vcpus == cell.group.vcpus
         })
+    }
+}
+
+/// Reads `callgrind.json` of `dir`, if it has one.
+fn read_instructions(
+    dir: &Path,
+) -> Result<Option<shadowlab_experiments::callgrind_record::CallgrindRecord>, ReportError> {
+    let path = dir.join(shadowlab_experiments::callgrind_record::FILE);
+    match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ReportError::BadRun {
+            path,
+            why: e.to_string(),
+        }),
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| ReportError::BadRun {
+                path,
+                why: e.to_string(),
+            }),
     }
 }
 

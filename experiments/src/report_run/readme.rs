@@ -32,7 +32,8 @@ pub fn section(input: &RunInput, sources: &[String], generated: &str) -> String 
         "From {}: each policy against `rmb-fence` in each group (backend, workload, vCPUs), \
          paired by block: **resolved** r× [95% CI] where the interval excludes 1 and the change \
          exceeds the A/A floor, otherwise **bounded** |Δ| < x% (no difference larger than x%). \
-         The A/A floor is how far `rmb-fence` run twice differs from itself.\n\n",
+         The A/A floor is the larger of how far `rmb-fence` run twice differs from itself \
+         and how far `rmb-fence` built with another code layout differs from it.\n\n",
         sources
             .iter()
             .map(|s| format!("`{s}`"))
@@ -48,7 +49,8 @@ pub fn section(input: &RunInput, sources: &[String], generated: &str) -> String 
         "Medians, intervals and every arm: [`cost-per-policy.md`]({generated}/cost-per-policy.md); \
          MMU lock waits: [`lock-wait-share.md`]({generated}/lock-wait-share.md); against the \
          host's MMU: [`ours-vs-native.md`]({generated}/ours-vs-native.md); counters per cell: \
-         [`perf-stat.md`]({generated}/perf-stat.md).\n"
+         [`perf-stat.md`]({generated}/perf-stat.md); exact instructions per op on `sim` \
+         (callgrind): [`instructions-per-op.md`]({generated}/instructions-per-op.md).\n"
     ));
     s
 }
