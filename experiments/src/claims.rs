@@ -18,7 +18,7 @@ use shadowlab_schema::Backend;
 use shadowlab_stats::{Estimate, Label};
 
 use crate::matrix::BASELINE;
-use crate::report::Piece;
+use crate::piece::Piece;
 use crate::summary::{GroupSummary, Summary};
 
 /// The claims file, compiled in (a change to it rebuilds the driver).

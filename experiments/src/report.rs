@@ -32,8 +32,8 @@ use std::process::ExitCode;
 use shadowlab_experiments::worker_build;
 use shadowlab_policies::model::verdict_matrix;
 
-use crate::disasm::{self, DisasmError, PolicyListing};
-use crate::matrix_figure::{self, FigureError};
+use crate::disasm::{self, PolicyListing};
+use crate::matrix_figure;
 use crate::report_run;
 
 /// The workspace root: where `paper/` and `target/` are (this crate is `<root>/experiments`).
@@ -70,100 +70,8 @@ pub struct ReportArgs {
     check: bool,
 }
 
-/// Why a report could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    /// A run's `reproduce.json` could not be read.
-    #[error(transparent)]
-    Reproduce(#[from] crate::reproduce_record::RecordError),
-    /// A run's `callgrind.json` could not be read.
-    #[error(transparent)]
-    Callgrind(#[from] crate::report_callgrind::CallgrindReportError),
-    /// Drawing or tabulating the verdict matrix failed.
-    #[error(transparent)]
-    Figure(#[from] FigureError),
-    /// A policy build could not be decoded.
-    #[error(transparent)]
-    Disasm(#[from] DisasmError),
-    /// A policy build is missing and `--no-build` was given.
-    #[error("no {policy} build at {path} (run without --no-build to build it)")]
-    MissingWorker {
-        /// The policy.
-        policy: &'static str,
-        /// Where it was looked for.
-        path: PathBuf,
-    },
-    /// Building or installing a policy's worker failed.
-    #[error("{0}")]
-    Build(#[from] shadowlab_experiments::worker_build::BuildWorkerError),
-    /// A binary at a policy's path was built with another policy.
-    #[error("{path} was built with policy {actual}, not {policy}")]
-    WrongPolicy {
-        /// The policy wanted.
-        policy: &'static str,
-        /// The binary.
-        path: PathBuf,
-        /// What its `--version` says.
-        actual: String,
-    },
-    /// Asking a worker for its policy failed.
-    #[error(transparent)]
-    Worker(#[from] crate::worker::WorkerError),
-    /// A run folder that cannot be read as a complete shadowlab run.
-    #[error("cannot report on {path}: {why}")]
-    BadRun {
-        /// The folder.
-        path: PathBuf,
-        /// Why.
-        why: String,
-    },
-    /// Two run folders hold the same group.
-    #[error("the group {group} is in both {first} and {second}; give each group once")]
-    DuplicateGroup {
-        /// The group.
-        group: String,
-        /// The first run holding it.
-        first: String,
-        /// The second.
-        second: String,
-    },
-    /// plotters' SVG backend failed on a run-based figure.
-    #[error("drawing {figure}: {source}")]
-    Draw {
-        /// The figure.
-        figure: &'static str,
-        /// What plotters said.
-        source: plotters::drawing::DrawingAreaErrorKind<std::io::Error>,
-    },
-    /// The README has no results section to rewrite.
-    #[error("{path} has no section between <!-- generated:results --> and <!-- /generated --> to write the results into")]
-    ReadmeMarkers {
-        /// The README.
-        path: PathBuf,
-    },
-    /// The claims could not be read or checked against a run.
-    #[error(transparent)]
-    Claims(#[from] crate::claims::ClaimsError),
-    /// A file or folder could not be written or read.
-    #[error("cannot {what} {path}: {source}")]
-    Io {
-        /// The operation.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
-
-/// One generated file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Piece {
-    /// File name inside the output folder.
-    pub name: &'static str,
-    /// Its contents.
-    pub bytes: Vec<u8>,
-}
+pub use crate::piece::Piece;
+pub use crate::report_error::ReportError;
 
 /// The pieces made from the model alone (no binary, no run): reproducible on any machine.
 pub fn model_pieces() -> Result<Vec<Piece>, ReportError> {

@@ -10,7 +10,7 @@ use shadowlab_experiments::callgrind_record::{
 };
 
 use crate::matrix::BASELINE;
-use crate::report::Piece;
+use crate::piece::Piece;
 
 /// Why a run's instruction counts could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::report::{Piece, ReportError};
+use crate::piece::Piece;
+use crate::report_error::ReportError;
 use crate::reproduce_record::{self, ReproduceRecord};
 use crate::results::Manifest;
 

@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use shadowlab_schema::Backend;
 
 use crate::matrix::{BASELINE, NATIVE_ARM};
-use crate::report::ReportError;
+use crate::report_error::ReportError;
 
 use super::plot::{self, Band, Mark, Series};
 use super::{arm_rank, group_title, is_control, policy_groups, sorted_cells, xl_floor, RunInput};

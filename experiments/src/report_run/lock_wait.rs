@@ -12,7 +12,7 @@ use plotters::prelude::*;
 use shadowlab_stats::{median_ci, Estimate};
 
 use crate::matrix::NATIVE_ARM;
-use crate::report::ReportError;
+use crate::report_error::ReportError;
 use crate::results::{Outcome, Sample};
 
 use super::fmt::{self, tex};

@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 use shadowlab_stats::BootstrapConfig;
 
 use crate::matrix::{Cell, AA_ARM, BASELINE, NATIVE_ARM};
-use crate::report::{Piece, ReportError};
+use crate::piece::Piece;
+use crate::report_error::ReportError;
 use crate::results::{self, Sample};
 use crate::summary::{CellSummary, GroupSummary, Summary};
 

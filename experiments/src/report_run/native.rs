@@ -10,7 +10,7 @@ use shadowlab_schema::Backend;
 use shadowlab_stats::{paired_ratio, Estimate};
 
 use crate::matrix::NATIVE_ARM;
-use crate::report::ReportError;
+use crate::report_error::ReportError;
 use crate::summary::per_block;
 
 use super::fmt::{self, tex};

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::report::ReportError;
+use crate::report_error::ReportError;
 
 use super::RunInput;
 

@@ -156,72 +156,6 @@ impl From<WalkFault> for WorkloadError {
     }
 }
 
-/// Why a [`crate::Histogram`] read back (from JSON or from the guest's report words) is not one
-/// that [`crate::Histogram::record`] could have built.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HistError {
-    /// A bucket index at or beyond [`crate::hist::BUCKETS`].
-    BucketOutOfRange {
-        /// The index given.
-        bucket: u64,
-    },
-    /// A sparse bucket list not in strictly increasing index order (or with a repeat).
-    BucketsOutOfOrder {
-        /// The first index that is not above the one before it.
-        bucket: u64,
-    },
-    /// The buckets' counts do not add up to `count` (or overflow).
-    CountMismatch {
-        /// The histogram's `count`.
-        count: u64,
-        /// The sum of its buckets (`None`: overflowed `u64`).
-        buckets: Option<u64>,
-    },
-    /// `min` or `max` is not in the first or last non-empty bucket.
-    Extremes {
-        /// The histogram's `min`.
-        min: u64,
-        /// The histogram's `max`.
-        max: u64,
-    },
-}
-
-impl fmt::Display for HistError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            HistError::BucketOutOfRange { bucket } => write!(
-                f,
-                "latency histogram bucket {bucket} is out of range (0..{})",
-                crate::hist::BUCKETS
-            ),
-            HistError::BucketsOutOfOrder { bucket } => write!(
-                f,
-                "latency histogram bucket {bucket} is listed out of order or twice"
-            ),
-            HistError::CountMismatch {
-                count,
-                buckets: Some(sum),
-            } => write!(
-                f,
-                "latency histogram buckets hold {sum} samples but its count is {count}"
-            ),
-            HistError::CountMismatch {
-                count,
-                buckets: None,
-            } => write!(
-                f,
-                "latency histogram buckets overflow u64 (its count is {count})"
-            ),
-            HistError::Extremes { min, max } => write!(
-                f,
-                "latency histogram min {min} / max {max} are not in its first / last non-empty bucket"
-            ),
-        }
-    }
-}
-
-impl core::error::Error for HistError {}
-
 /// Why a report block's words (`shadowlab_abi::report_words`) are not a [`crate::Report`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReportWordsError {
@@ -231,7 +165,7 @@ pub enum ReportWordsError {
         len: usize,
     },
     /// The latency histogram is inconsistent.
-    Histogram(HistError),
+    Histogram(crate::hist::HistError),
 }
 
 impl fmt::Display for ReportWordsError {

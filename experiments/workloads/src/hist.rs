@@ -22,8 +22,6 @@
 //! The same type is used in the guest (kvm, native) and on sim, so every backend's quantiles
 //! carry the same error bound.
 
-use crate::error::HistError;
-
 /// log2 of the number of linear sub-buckets per power of two.
 pub const SUB_BITS: u32 = 5;
 /// Linear sub-buckets per power of two (and the number of exact buckets below it).
@@ -225,6 +223,72 @@ impl Histogram {
         Ok(())
     }
 }
+
+/// Why a [`crate::Histogram`] read back (from JSON or from the guest's report words) is not one
+/// that [`crate::Histogram::record`] could have built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistError {
+    /// A bucket index at or beyond [`BUCKETS`].
+    BucketOutOfRange {
+        /// The index given.
+        bucket: u64,
+    },
+    /// A sparse bucket list not in strictly increasing index order (or with a repeat).
+    BucketsOutOfOrder {
+        /// The first index that is not above the one before it.
+        bucket: u64,
+    },
+    /// The buckets' counts do not add up to `count` (or overflow).
+    CountMismatch {
+        /// The histogram's `count`.
+        count: u64,
+        /// The sum of its buckets (`None`: overflowed `u64`).
+        buckets: Option<u64>,
+    },
+    /// `min` or `max` is not in the first or last non-empty bucket.
+    Extremes {
+        /// The histogram's `min`.
+        min: u64,
+        /// The histogram's `max`.
+        max: u64,
+    },
+}
+
+impl core::fmt::Display for HistError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            HistError::BucketOutOfRange { bucket } => write!(
+                f,
+                "latency histogram bucket {bucket} is out of range (0..{})",
+                BUCKETS
+            ),
+            HistError::BucketsOutOfOrder { bucket } => write!(
+                f,
+                "latency histogram bucket {bucket} is listed out of order or twice"
+            ),
+            HistError::CountMismatch {
+                count,
+                buckets: Some(sum),
+            } => write!(
+                f,
+                "latency histogram buckets hold {sum} samples but its count is {count}"
+            ),
+            HistError::CountMismatch {
+                count,
+                buckets: None,
+            } => write!(
+                f,
+                "latency histogram buckets overflow u64 (its count is {count})"
+            ),
+            HistError::Extremes { min, max } => write!(
+                f,
+                "latency histogram min {min} / max {max} are not in its first / last non-empty bucket"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for HistError {}
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,7 @@ use core::fmt;
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, Serializer};
 
-use crate::error::HistError;
+use crate::hist::HistError;
 use crate::hist::{Histogram, BUCKETS};
 
 /// The wire form of a [`Histogram`].

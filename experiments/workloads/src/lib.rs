@@ -37,9 +37,9 @@ mod mock;
 mod paging_props;
 
 pub use cpu::{CheckFailed, Cpu, RET};
-pub use error::{HistError, PtError, ReportWordsError, WorkloadError};
+pub use error::{PtError, ReportWordsError, WorkloadError};
 pub use frames::FrameAlloc;
-pub use hist::Histogram;
+pub use hist::{HistError, Histogram};
 pub use paging::{Flags, PageTables};
 pub use report::{Params, Report};
 pub use tlb::TlbGather;

@@ -63,7 +63,7 @@ mod tests {
     extern crate std;
 
     use super::*;
-    use crate::error::HistError;
+    use crate::hist::HistError;
     use std::vec;
 
     #[test]
