@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use plotters::prelude::*;
 use shadowlab_stats::{median_ci, Estimate};
 
 use crate::matrix::NATIVE_ARM;
@@ -195,40 +194,19 @@ pub fn svg(rows: &[LockRow]) -> Result<String, ReportError> {
             });
         }
     }
-    let columns = 2usize;
-    let rows_max = groups.iter().map(|g| g.1.len()).max().unwrap_or(1).max(1) as u32;
-    let panel_h = 96 + 30 * rows_max;
-    let grid_rows = groups.len().div_ceil(columns).max(1) as u32;
-    let (w, h) = (980u32, panel_h * grid_rows + 40);
-    let mut out = String::new();
-    {
-        let d = |source| ReportError::Draw {
+    let caption = if rows.iter().any(|r| r.denominator == Denominator::Elapsed) {
+        "dot: median over blocks of MMU-lock wait / vCPU threads' task-clock (elapsed x vCPUs where not counted); whiskers: 95% CI"
+    } else {
+        "dot: median over blocks of MMU-lock wait / vCPU threads' task-clock (summed); whiskers: 95% bootstrap interval"
+    };
+    let panels: Vec<(String, Vec<Mark>)> = groups
+        .into_iter()
+        .map(|(title, marks)| (title.to_string(), marks))
+        .collect();
+    plot::strip_grid(&panels, "lock-wait share of vCPU time (%)", None, caption).map_err(|source| {
+        ReportError::Draw {
             figure: "lock-wait-share.svg",
             source,
-        };
-        let root = SVGBackend::with_string(&mut out, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(d)?;
-        let (body, footer) = root.split_vertically(panel_h * grid_rows);
-        let cells = body.split_evenly((grid_rows as usize, columns));
-        for ((title, marks), area) in groups.iter().zip(cells.iter()) {
-            plot::strip(
-                area,
-                title,
-                "lock-wait share of vCPU time (%)",
-                marks,
-                &[],
-                None,
-            )
-            .map_err(d)?;
         }
-        let caption = if rows.iter().any(|r| r.denominator == Denominator::Elapsed) {
-            "dot: median over blocks of MMU-lock wait / vCPU threads' task-clock (elapsed x vCPUs where not counted); whiskers: 95% CI"
-        } else {
-            "dot: median over blocks of MMU-lock wait / vCPU threads' task-clock (summed); whiskers: 95% bootstrap interval"
-        };
-        plot::note(&footer, 12, 20, caption).map_err(d)?;
-        root.present().map_err(d)?;
-    }
-    out.push('\n');
-    Ok(out)
+    })
 }

@@ -5,7 +5,6 @@
 
 use std::fmt::Write as _;
 
-use plotters::prelude::*;
 use shadowlab_schema::Backend;
 use shadowlab_stats::{paired_ratio, Estimate};
 
@@ -148,40 +147,23 @@ pub fn svg(rows: &[NativeRow]) -> Result<String, ReportError> {
             });
         }
     }
-    let columns = 2usize;
-    let rows_max = groups.iter().map(|g| g.1.len()).max().unwrap_or(1).max(1) as u32;
-    let panel_h = 96 + 30 * rows_max;
-    let grid_rows = groups.len().div_ceil(columns).max(1) as u32;
-    let (w, h) = (980u32, panel_h * grid_rows + 40);
-    let mut out = String::new();
-    {
-        let d = |source| ReportError::Draw {
-            figure: "ours-vs-native.svg",
-            source,
-        };
-        let root = SVGBackend::with_string(&mut out, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(d)?;
-        let (body, footer) = root.split_vertically(panel_h * grid_rows);
-        let cells = body.split_evenly((grid_rows as usize, columns));
-        for ((title, marks), area) in groups.iter().zip(cells.iter()) {
-            plot::strip(
-                area,
-                &format!("{title}: kvm / native"),
-                "per-op time, ours / host's (95% CI)",
-                marks,
-                &[],
-                Some(1.0),
-            )
-            .map_err(d)?;
-        }
-        let caption = if groups.is_empty() {
-            "no workload ran on both kvm and native in this run"
-        } else {
-            "dot: median over blocks of kvm per-op / native per-op (guest TSC ticks), paired by block; whiskers: 95% CI; line at 1"
-        };
-        plot::note(&footer, 12, 20, caption).map_err(d)?;
-        root.present().map_err(d)?;
-    }
-    out.push('\n');
-    Ok(out)
+    let caption = if groups.is_empty() {
+        "no workload ran on both kvm and native in this run"
+    } else {
+        "dot: median over blocks of kvm per-op / native per-op (guest TSC ticks), paired by block; whiskers: 95% CI; line at 1"
+    };
+    let panels: Vec<(String, Vec<Mark>)> = groups
+        .into_iter()
+        .map(|(title, marks)| (format!("{title}: kvm / native"), marks))
+        .collect();
+    plot::strip_grid(
+        &panels,
+        "per-op time, ours / host's (95% CI)",
+        Some(1.0),
+        caption,
+    )
+    .map_err(|source| ReportError::Draw {
+        figure: "ours-vs-native.svg",
+        source,
+    })
 }

@@ -286,3 +286,33 @@ pub fn note(area: &Area<'_>, x: i32, y: i32, text: &str) -> Result<(), DrawError
         font(12.5).pos(Pos::new(HPos::Left, VPos::Center)),
     ))
 }
+
+/// A figure of strips ([`strip`]) in two columns, one panel per `(title, marks)`, with one
+/// caption line under it: its SVG text. The x axis of every panel is `x_desc`; `reference`
+/// draws a line at that value in each.
+pub fn strip_grid(
+    panels: &[(String, Vec<Mark>)],
+    x_desc: &str,
+    reference: Option<f64>,
+    caption: &str,
+) -> Result<String, DrawError> {
+    let columns = 2usize;
+    let rows_max = panels.iter().map(|g| g.1.len()).max().unwrap_or(1).max(1) as u32;
+    let panel_h = 96 + 30 * rows_max;
+    let grid_rows = panels.len().div_ceil(columns).max(1) as u32;
+    let (w, h) = (980u32, panel_h * grid_rows + 40);
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (w, h)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (body, footer) = root.split_vertically(panel_h * grid_rows);
+        let cells = body.split_evenly((grid_rows as usize, columns));
+        for ((title, marks), area) in panels.iter().zip(cells.iter()) {
+            strip(area, title, x_desc, marks, &[], reference)?;
+        }
+        note(&footer, 12, 20, caption)?;
+        root.present()?;
+    }
+    out.push('\n');
+    Ok(out)
+}
