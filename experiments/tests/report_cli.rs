@@ -59,30 +59,31 @@ fn a_worker_that_is_not_an_elf_is_one_line() {
 }
 
 #[test]
-fn a_run_folder_that_is_not_one_or_has_a_corrupt_count_is_one_line_and_exit_2() {
-    let run = tmp("run");
-    let out = tmp("run-out");
-    for (setup, msg) in [
-        (None, "not a folder"),
-        (Some("{\"valgrind\": 3"), "is not a callgrind record"),
-    ] {
-        if let Some(text) = setup {
-            std::fs::create_dir_all(&run).unwrap();
-            std::fs::write(run.join("callgrind.json"), text).unwrap();
-        }
-        let o = Command::new(env!("CARGO_BIN_EXE_shadowlab"))
-            .args(["report", "--no-build", "--run"])
-            .arg(&run)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .expect("shadowlab runs");
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(msg), "{stderr}");
-        assert!(!out.exists());
+fn a_run_folder_with_a_corrupt_count_is_one_line_and_writes_nothing() {
+    // The committed run, copied, with its callgrind.json replaced by something that is not a
+    // callgrind record.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let source = std::fs::read_to_string(root.join("paper/generated/SOURCE")).unwrap();
+    let committed = root.join(source.lines().next().unwrap().trim());
+    let run = tmp("corrupt-count-run");
+    let out = tmp("corrupt-count-out");
+    std::fs::create_dir_all(&run).unwrap();
+    for f in ["manifest.json", "samples.csv", "summary.json"] {
+        std::fs::copy(committed.join(f), run.join(f)).unwrap();
     }
+    std::fs::write(run.join("callgrind.json"), "{\"valgrind\": 3").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_shadowlab"))
+        .args(["report", "--no-build"])
+        .arg(&run)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("shadowlab runs");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("callgrind.json"), "{stderr}");
+    assert!(!out.exists());
     std::fs::remove_dir_all(&run).unwrap();
 }
 
