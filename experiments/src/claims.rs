@@ -17,6 +17,8 @@ use serde::Deserialize;
 use shadowlab_schema::Backend;
 use shadowlab_stats::{Estimate, Label};
 
+use shadowlab_experiments::callgrind_record::CallgrindRecord;
+
 use crate::matrix::BASELINE;
 use crate::piece::Piece;
 use crate::summary::{GroupSummary, Summary};
@@ -25,7 +27,7 @@ use crate::summary::{GroupSummary, Summary};
 pub const CLAIMS_TOML: &str = include_str!("../../paper/claims.toml");
 
 /// The name of the optional instruction-count file in a run folder.
-pub const CALLGRIND: &str = "callgrind.json";
+const CALLGRIND: &str = shadowlab_experiments::callgrind_record::FILE;
 
 /// Why the claims or a run's evidence could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -136,21 +138,6 @@ pub fn parse(text: &str) -> Result<ClaimSet, ClaimsError> {
     Ok(set)
 }
 
-/// One exact instruction count per op (from a run's `callgrind.json`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct InstructionsPerOp {
-    /// The policy of the build counted.
-    pub policy: String,
-    /// Backend.
-    pub backend: Backend,
-    /// Workload.
-    pub workload: String,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Instructions per op in the measured region.
-    pub per_op: f64,
-}
-
 /// What a claim is checked against: a run's summary, and its instruction counts if it has any.
 #[derive(Clone, Debug)]
 pub struct Evidence {
@@ -158,7 +145,7 @@ pub struct Evidence {
     pub summary: Summary,
     /// Its instruction counts: `Ok(None)` when the run has no `callgrind.json`, `Err(why)`
     /// when it has one that could not be read.
-    pub instructions: Result<Option<Vec<InstructionsPerOp>>, String>,
+    pub instructions: Result<Option<CallgrindRecord>, String>,
 }
 
 impl Evidence {
@@ -169,41 +156,12 @@ impl Evidence {
             .map_err(|e| e.to_string())
             .and_then(|t| serde_json::from_str::<Summary>(&t).map_err(|e| e.to_string()))
             .map_err(|why| ClaimsError::Summary { path, why })?;
-        let cg = dir.join(CALLGRIND);
-        let instructions = match std::fs::read_to_string(&cg) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{CALLGRIND}: {e}")),
-            Ok(t) => {
-                serde_json::from_str::<shadowlab_experiments::callgrind_record::CallgrindRecord>(&t)
-                    .map(|r| Some(counts_of(&r)))
-                    .map_err(|e| format!("{CALLGRIND}: {e}"))
-            }
-        };
+        let instructions = crate::report_callgrind::read(dir).map_err(|e| e.to_string());
         Ok(Evidence {
             summary,
             instructions,
         })
     }
-}
-
-/// The counts of a run's `callgrind.json` as the claims read them: one per arm and workload
-/// that was counted (an arm that failed under callgrind has none).
-fn counts_of(
-    record: &shadowlab_experiments::callgrind_record::CallgrindRecord,
-) -> Vec<InstructionsPerOp> {
-    record
-        .entries
-        .iter()
-        .filter_map(|e| {
-            e.per_op().map(|per_op| InstructionsPerOp {
-                policy: e.arm.clone(),
-                backend: record.backend,
-                workload: e.workload.clone(),
-                vcpus: record.vcpus,
-                per_op,
-            })
-        })
-        .collect()
 }
 
 /// A claim's status in one run.
@@ -370,33 +328,29 @@ pub fn evaluate(check: &Check, ev: &Evidence, tol: &Tolerance) -> Status {
             ))
         }
         Check::SameInstructions { arms, backend } => {
-            let counts = match &ev.instructions {
-                Ok(Some(c)) => c,
+            let record = match &ev.instructions {
+                Ok(Some(r)) => r,
                 Ok(None) => return Status::NotCheckable(format!("the run has no {CALLGRIND}")),
                 Err(why) => return Status::NotCheckable(why.clone()),
             };
-            let mut cells: Vec<(&str, u32)> = counts
-                .iter()
-                .filter(|c| c.backend == *backend)
-                .map(|c| (c.workload.as_str(), c.vcpus))
-                .collect();
-            cells.sort_unstable();
-            cells.dedup();
+            if record.backend != *backend {
+                return Status::NotCheckable(format!(
+                    "{CALLGRIND} counts {}, not {backend}",
+                    record.backend
+                ));
+            }
+            let v = record.vcpus;
             let mut same = Vec::new();
             let mut differ = Vec::new();
-            for (w, v) in cells {
+            for w in record.workloads() {
+                // An arm not counted, or whose count failed, leaves the cell out.
                 let of: Vec<(&str, f64)> = arms
                     .iter()
                     .filter_map(|a| {
-                        counts
-                            .iter()
-                            .find(|c| {
-                                c.policy == *a
-                                    && c.backend == *backend
-                                    && c.workload == w
-                                    && c.vcpus == v
-                            })
-                            .map(|c| (a.as_str(), c.per_op))
+                        record
+                            .entry(w, a)
+                            .and_then(|e| e.per_op())
+                            .map(|x| (a.as_str(), x))
                     })
                     .collect();
                 if of.len() < arms.len() {
@@ -734,18 +688,34 @@ mod tests {
         ])
     }
 
-    fn counts(per_op: [f64; 3]) -> Vec<InstructionsPerOp> {
-        ["acquire-load", "rmb-fence", "no-barrier"]
-            .iter()
-            .zip(per_op)
-            .map(|(p, x)| InstructionsPerOp {
-                policy: (*p).into(),
-                backend: Backend::Sim,
-                workload: "cr3-switch".into(),
-                vcpus: 1,
-                per_op: x,
-            })
-            .collect()
+    fn counts(per_op: [f64; 3]) -> CallgrindRecord {
+        use shadowlab_experiments::callgrind_record::{CallgrindEntry, CountOutcome, Valgrind};
+        CallgrindRecord {
+            valgrind: Valgrind::Available {
+                version: "valgrind-test".into(),
+            },
+            backend: Backend::Sim,
+            vcpus: 1,
+            entries: ["acquire-load", "rmb-fence", "no-barrier"]
+                .iter()
+                .zip(per_op)
+                .map(|(p, x)| CallgrindEntry {
+                    arm: (*p).into(),
+                    policy: (*p).into(),
+                    layout_pad: 0,
+                    sha256: String::new(),
+                    workload: "cr3-switch".into(),
+                    seed: 1,
+                    iters: 1000,
+                    outcome: CountOutcome::Counted {
+                        ops: 1000,
+                        instructions: (x * 1000.0) as u64,
+                        instructions_per_op: x,
+                        sync_roots: Some(1000),
+                    },
+                })
+                .collect(),
+        }
     }
 
     fn status_of(id: &str, ev: &Evidence) -> Status {

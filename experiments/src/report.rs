@@ -232,21 +232,14 @@ pub fn run_pieces(
         .collect();
     let mut pieces = report_run::pieces(&input, &sources)?;
     // The exact instruction counts (callgrind.json), from the first run that has them.
-    for dir in &runs {
-        let counted = crate::report_callgrind::from_run(dir)?;
-        if !counted.is_empty() {
-            pieces.extend(counted);
-            break;
-        }
+    if let Some(record) = &input.instructions {
+        pieces.extend(crate::report_callgrind::pieces(record));
     }
     // How long reproduce took, where the first run was made by it (the committed run is).
-    let manifest = crate::results::load(&runs[0], false)
-        .map_err(|e| ReportError::BadRun {
-            path: runs[0].clone(),
-            why: e.to_string(),
-        })?
-        .manifest;
-    pieces.extend(crate::report_reproduce::from_run(&runs[0], &manifest)?);
+    pieces.extend(crate::report_reproduce::from_run(
+        &runs[0],
+        &input.manifests[0],
+    )?);
     // The paper's claims checked against the first run, and the tolerances
     // ([`crate::claims::pieces`]).
     pieces.extend(crate::claims::pieces(&runs[0])?);

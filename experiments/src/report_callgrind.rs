@@ -16,7 +16,7 @@ use crate::piece::Piece;
 #[derive(Debug, thiserror::Error)]
 pub enum CallgrindReportError {
     /// The run folder is not a folder.
-    #[error("--run {0}: not a folder")]
+    #[error("{0}: not a folder")]
     NotAFolder(PathBuf),
     /// `callgrind.json` could not be read.
     #[error("cannot read {path}: {source}")]
@@ -36,27 +36,22 @@ pub enum CallgrindReportError {
     },
 }
 
-/// The pieces of the run folder `dir`: none (with a note) where it has no `callgrind.json`.
-pub fn from_run(dir: &Path) -> Result<Vec<Piece>, CallgrindReportError> {
+/// The instruction counts of run folder `dir`: none where it has no `callgrind.json` (a run
+/// made with `--no-callgrind`, or before the counts existed). The one reader of the file: the
+/// report's tables and the claims both take the record from here.
+pub fn read(dir: &Path) -> Result<Option<CallgrindRecord>, CallgrindReportError> {
     if !dir.is_dir() {
         return Err(CallgrindReportError::NotAFolder(dir.to_path_buf()));
     }
     let path = dir.join(callgrind_record::FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "shadowlab report: note: {} has no {}: no instructions-per-op table",
-                dir.display(),
-                callgrind_record::FILE
-            );
-            return Ok(Vec::new());
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(CallgrindReportError::Read { path, source }),
     };
-    let record: CallgrindRecord = serde_json::from_str(&text)
-        .map_err(|source| CallgrindReportError::Parse { path, source })?;
-    Ok(pieces(&record))
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| CallgrindReportError::Parse { path, source })
 }
 
 /// `instructions-per-op.md` and `instructions-per-op.tex` of `record`.
@@ -415,6 +410,7 @@ mod tests {
 
     #[test]
     fn a_run_folder_without_counts_gives_no_pieces_and_a_bad_one_an_error() {
+        let from_run = |d: &Path| read(d).map(|r| r.map_or_else(Vec::new, |r| pieces(&r)));
         let dir = tempfile::tempdir().unwrap();
         assert!(from_run(dir.path()).unwrap().is_empty());
         std::fs::write(dir.path().join(callgrind_record::FILE), "{\"valgrind\": 3").unwrap();

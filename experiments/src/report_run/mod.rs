@@ -55,6 +55,8 @@ pub struct RunInput {
     /// The exact instruction counts of the first run that has a `callgrind.json` (the
     /// tables' exact column), if any.
     pub instructions: Option<shadowlab_experiments::callgrind_record::CallgrindRecord>,
+    /// Each run's manifest, in the order given.
+    pub manifests: Vec<results::Manifest>,
 }
 
 impl RunInput {
@@ -66,6 +68,7 @@ impl RunInput {
             samples: Vec::new(),
             bootstrap: BootstrapConfig::seeded(0),
             instructions: None,
+            manifests: Vec::new(),
         };
         let mut seen: BTreeMap<(String, String, u32), String> = BTreeMap::new();
         for (i, dir) in dirs.iter().enumerate() {
@@ -96,9 +99,10 @@ impl RunInput {
                 input.groups.push(g);
             }
             if input.instructions.is_none() {
-                input.instructions = read_instructions(dir)?;
+                input.instructions = crate::report_callgrind::read(dir)?;
             }
             input.samples.extend(loaded.samples);
+            input.manifests.push(loaded.manifest);
             input.run_ids.push(id);
         }
         Ok(input)
@@ -124,26 +128,6 @@ impl RunInput {
                 && s.key.workload == cell.group.workload
                 && s.key.vcpus == cell.group.vcpus
         })
-    }
-}
-
-/// Reads `callgrind.json` of `dir`, if it has one.
-fn read_instructions(
-    dir: &Path,
-) -> Result<Option<shadowlab_experiments::callgrind_record::CallgrindRecord>, ReportError> {
-    let path = dir.join(shadowlab_experiments::callgrind_record::FILE);
-    match std::fs::read_to_string(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ReportError::BadRun {
-            path,
-            why: e.to_string(),
-        }),
-        Ok(t) => serde_json::from_str(&t)
-            .map(Some)
-            .map_err(|e| ReportError::BadRun {
-                path,
-                why: e.to_string(),
-            }),
     }
 }
 
