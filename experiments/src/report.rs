@@ -236,10 +236,13 @@ pub fn run_pieces(
         pieces.extend(crate::report_callgrind::pieces(record));
     }
     // How long reproduce took, where the first run was made by it (the committed run is).
-    pieces.extend(crate::report_reproduce::from_run(
-        &runs[0],
-        &input.manifests[0],
-    )?);
+    if let Some(record) = &input.reproduce {
+        pieces.extend(crate::report_reproduce::pieces(
+            record,
+            &input.manifests[0],
+            &report_run::source_name(root, &runs[0]),
+        ));
+    }
     // The paper's claims checked against the first run, and the tolerances
     // ([`crate::claims::pieces`]).
     pieces.extend(crate::claims::pieces(&runs[0])?);

@@ -4,29 +4,13 @@
 //! reproduce run), so the paper's "expected time" is a measurement, not a typed figure.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use crate::piece::Piece;
-use crate::report_error::ReportError;
-use crate::reproduce_record::{self, ReproduceRecord};
+use crate::reproduce_record::ReproduceRecord;
 use crate::results::Manifest;
 
-/// The pieces of run folder `dir`: none when it was not made by `reproduce`.
-pub fn from_run(dir: &Path, manifest: &Manifest) -> Result<Vec<Piece>, ReportError> {
-    // Named by its folder, as the other pieces name it (a folder given with `--out` need not
-    // be called by the manifest's run id).
-    let name = dir.file_name().map_or_else(
-        || manifest.run_id.clone(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    Ok(match reproduce_record::read(dir)? {
-        Some(r) => pieces(&r, manifest, &name),
-        None => Vec::new(),
-    })
-}
-
 /// The host in words: `Intel(R) Xeon(R) ..., 2 CPUs, software/paravirtual KVM`.
-fn host_text(m: &Manifest) -> String {
+pub fn host_text(m: &Manifest) -> String {
     m.hosts.first().map_or("an unrecorded host".into(), |h| {
         format!(
             "{}, {} CPUs, {}",
@@ -178,9 +162,12 @@ mod tests {
         // Deterministic: the same bytes twice.
         assert_eq!(pieces(&r, &m, "20990102T000000Z-new"), p);
         // A run not made by reproduce has no such piece.
-        assert!(from_run(dir.path(), &m).unwrap().is_empty());
+        // A run not made by reproduce has no record, so no such piece.
+        use crate::reproduce_record;
+        assert!(reproduce_record::read(dir.path()).unwrap().is_none());
         crate::results::write_json(dir.path(), reproduce_record::FILE, &record(vec![])).unwrap();
-        let p = from_run(dir.path(), &m).unwrap();
+        let read = reproduce_record::read(dir.path()).unwrap().unwrap();
+        let p = pieces(&read, &m, "20990102T000000Z-new");
         assert!(String::from_utf8(p[0].bytes.clone())
             .unwrap()
             .contains("**reproduced** (0 differences)"));

@@ -57,6 +57,8 @@ pub struct RunInput {
     pub instructions: Option<shadowlab_experiments::callgrind_record::CallgrindRecord>,
     /// Each run's manifest, in the order given.
     pub manifests: Vec<results::Manifest>,
+    /// The first run's `reproduce.json`, where `shadowlab reproduce` made it.
+    pub reproduce: Option<crate::reproduce_record::ReproduceRecord>,
 }
 
 impl RunInput {
@@ -69,6 +71,7 @@ impl RunInput {
             bootstrap: BootstrapConfig::seeded(0),
             instructions: None,
             manifests: Vec::new(),
+            reproduce: None,
         };
         let mut seen: BTreeMap<(String, String, u32), String> = BTreeMap::new();
         for (i, dir) in dirs.iter().enumerate() {
@@ -97,6 +100,9 @@ impl RunInput {
                     });
                 }
                 input.groups.push(g);
+            }
+            if i == 0 {
+                input.reproduce = crate::reproduce_record::read(dir)?;
             }
             if input.instructions.is_none() {
                 input.instructions = crate::report_callgrind::read(dir)?;

@@ -40,6 +40,15 @@ pub fn section(input: &RunInput, sources: &[String], generated: &str) -> String 
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    if let (Some(r), Some(m)) = (&input.reproduce, input.manifests.first()) {
+        s.push_str(&format!(
+            "This run was made by `shadowlab reproduce --{}` in {:.0} s on {} (stage by stage: \
+             [`reproduce-time.md`]({generated}/reproduce-time.md)).\n\n",
+            m.preset,
+            r.total_seconds(),
+            crate::report_reproduce::host_text(m)
+        ));
+    }
     s.push_str(&super::tables::readme_markdown(input));
     s.push_str(&format!(
         "\n![Each policy's per-op time as a ratio to rmb-fence, with 95% intervals and the A/A \
